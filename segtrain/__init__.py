@@ -1,0 +1,1 @@
+"""DeepLabV3 training on Pascal VOC 2012. Knows nothing of Optuna."""
