@@ -78,6 +78,8 @@ class TrainConfig:
             self._require(name, getattr(self, name) >= 0, "must be >= 0")
         self._require("head_lr_multiplier", self.head_lr_multiplier > 0, "must be > 0")
         self._require("momentum", 0 <= self.momentum < 1, "must be in [0, 1)")
+        self._require("nesterov", not (self.nesterov and self.momentum == 0),
+                      "needs momentum > 0")
         self._require("backbone", self.backbone in BACKBONES, f"must be one of {', '.join(BACKBONES)}")
         self._require("optimizer", self.optimizer in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}")
         self._require("output_stride", self.output_stride in OUTPUT_STRIDES, "must be 8 or 16")

@@ -1,0 +1,380 @@
+"""One training run: `train(cfg)` -> TrainResult, evaluating mIoU at fixed fractions of the budget.
+
+The budget is in epochs of the train split, and the k-th of `eval_points`
+evaluations falls after k/eval_points of it, so evaluation k means the same
+amount of data whatever the batch size: pruners compare like with like.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import random
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from segtrain.config import TrainConfig
+from segtrain.data import voc_dir_for
+from segtrain.data.transforms import eval_transform, train_transform
+from segtrain.data.voc import IGNORE_INDEX, NUM_CLASSES, VOCSegmentation, pad_collate
+from segtrain.distributed import ProcessGroup, join_process_group, leave_process_group
+from segtrain.errors import ConfigError, UserError
+from segtrain.fileio import write_atomic, write_json_atomic
+from segtrain.metrics import ConfusionMatrix, Scores
+from segtrain.model import build_model, count_parameters
+from segtrain.optim import build_optimizer, poly_schedule
+from segtrain.sampling import TrainStream
+
+log = logging.getLogger(__name__)
+
+AUX_LOSS_WEIGHT = 0.4
+SYNC_EVERY = 10  # steps between host syncs to read the loss (a sync every step stalls a GPU)
+CHECKPOINT = "checkpoint.pt"
+# fields that may differ between a checkpoint and the run resuming it
+RUNTIME_FIELDS = {"data_root", "device", "workers"}
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    point: int  # k of cfg.eval_points: the step Optuna's pruners see
+    step: int  # optimizer steps done
+    epoch: float  # epochs of the train split done
+    images_seen: int
+    miou: float
+    pixel_accuracy: float
+    mean_class_accuracy: float
+    per_class_iou: list[float | None]
+    loss: float  # mean training loss since the previous evaluation
+    seconds: float  # wall time since the run started
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    config: TrainConfig
+    final_miou: float
+    best_miou: float
+    per_class_iou: list[float | None]  # at the end of training
+    pixel_accuracy: float
+    mean_class_accuracy: float
+    history: list[EvalResult]
+    steps: int
+    seconds: float  # wall time, training and evaluation
+    images_per_second: float  # training throughput
+    peak_memory_bytes: int  # CUDA: peak allocated; CPU: peak resident set of the process
+    parameters: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "config": self.config.to_dict()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainResult:
+        return cls(**{**values, "config": TrainConfig.from_dict(values["config"]),
+                      "history": [EvalResult(**h) for h in values["history"]]})
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; usually the learning rate is too high."""
+
+    def __init__(self, step: int, lr: float, loss: float):
+        super().__init__(f"loss became {loss} at step {step} (lr {lr:.4g})")
+        self.step, self.lr, self.loss = step, lr, loss
+
+
+@dataclass(frozen=True)
+class Budget:
+    total_steps: int
+    eval_steps: tuple[int, ...]  # step of evaluation k, k = 1..eval_points
+    warmup_steps: int
+    per_process_batch: int
+
+    @classmethod
+    def plan(cls, cfg: TrainConfig, train_images: int, world_size: int) -> Budget:
+        if cfg.batch_size % world_size:
+            raise ConfigError("batch_size", f"must be divisible by the {world_size} processes, "
+                                            f"got {cfg.batch_size}")
+        steps_per_epoch = train_images / cfg.batch_size
+        total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        evals = sorted({max(1, round(total * k / cfg.eval_points)) for k in range(1, cfg.eval_points + 1)})
+        if len(evals) < cfg.eval_points:
+            raise ConfigError("eval_points", f"{cfg.eval_points} evaluations do not fit in "
+                                             f"{total} training steps; raise epochs or lower eval_points")
+        return cls(total, tuple(evals), round(cfg.warmup_epochs * steps_per_epoch),
+                   cfg.batch_size // world_size)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", f"{name} requested but CUDA is not available here; use cpu or auto")
+    return device
+
+
+def train(cfg: TrainConfig, on_eval: Callable[[EvalResult], None] | None = None,
+          run_dir: str | Path | None = None, resume: bool = False,
+          save_checkpoints: bool = True) -> TrainResult:
+    """Train and evaluate one configuration.
+
+    `on_eval` is called with each EvalResult (on the main process); whatever it
+    raises stops training and propagates: that is how a pruner stops a trial.
+    With `run_dir`, config.json, result.json and, at each evaluation, a checkpoint
+    are written there; `resume=True` continues from that checkpoint and ends
+    with the result an uninterrupted run would have had.
+    """
+    if resume and run_dir is None:
+        raise ValueError("resume needs a run_dir holding the checkpoint")
+    device = resolve_device(cfg.device)
+    group = join_process_group(device.type)
+    try:
+        if group.is_distributed and device.type == "cuda":
+            device = torch.device("cuda", group.local_rank)
+            torch.cuda.set_device(device)
+        with logging_redirect_tqdm():
+            return _Run(cfg, device, group, Path(run_dir) if run_dir else None,
+                        save_checkpoints).execute(on_eval, resume)
+    finally:
+        leave_process_group(group)
+
+
+class _Run:
+    """The state of one run, built in the order that makes it reproducible from cfg.seed."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, group: ProcessGroup,
+                 run_dir: Path | None, save_checkpoints: bool):
+        self.cfg, self.device, self.group = cfg, device, group
+        self.run_dir = run_dir
+        self.writes = run_dir is not None and group.is_main
+        self.save_checkpoints = save_checkpoints and self.writes
+        voc_dir = voc_dir_for(cfg)
+        self.train_set = VOCSegmentation(voc_dir, cfg.train_split,
+                                         train_transform(cfg.crop_size, cfg.min_scale, cfg.max_scale))
+        self.val_set = VOCSegmentation(voc_dir, cfg.val_split, eval_transform())
+        self.budget = Budget.plan(cfg, len(self.train_set), group.world_size)
+        self.cuda = device.type == "cuda"
+        self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) \
+            if self.cuda else None
+        _seed_everything(cfg.seed)  # right before the first random draw: the model's init
+        model = build_model(cfg.backbone, cfg.output_stride, NUM_CLASSES, cfg.pretrained, cfg.aux_loss)
+        self.parameters = count_parameters(model)
+        if group.is_distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(device, memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = poly_schedule(self.optimizer, self.budget.total_steps,
+                                       self.budget.warmup_steps, cfg.poly_power)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+        self.step = 0
+        self.history: list[EvalResult] = []
+        self.train_seconds = 0.0
+        self.elapsed_before = 0.0  # wall seconds of earlier sessions of a resumed run
+        if group.is_distributed:
+            self.model = DistributedDataParallel(
+                self.model, device_ids=[device.index] if self.cuda else None)
+
+    # --- the loop
+
+    def execute(self, on_eval: Callable[[EvalResult], None] | None, resume: bool) -> TrainResult:
+        if resume:
+            self.restore()
+        if self.writes:
+            write_json_atomic(self.run_dir / "config.json", self.cfg.to_dict())
+        self.started = time.perf_counter()
+        budget = self.budget
+        batches = iter(self.train_loader())
+        pending: list[tuple[torch.Tensor, float]] = []  # (loss, lr) since the last host sync
+        window: list[float] = []  # losses since the last evaluation
+        self.model.train()
+        with tqdm(total=budget.total_steps, initial=self.step, unit="step", leave=False,
+                  disable=None if self.group.is_main else True, dynamic_ncols=True) as bar:
+            tick = time.perf_counter()
+            while self.step < budget.total_steps:
+                images, masks = next(batches)
+                pending.append((self.train_step(images, masks), self.optimizer.param_groups[0]["lr"]))
+                self.step += 1
+                bar.update(1)
+                evaluating = self.step in budget.eval_steps
+                if len(pending) == SYNC_EVERY or evaluating:
+                    window += self.check_losses(pending)
+                    pending = []
+                    now = time.perf_counter()
+                    self.train_seconds += now - tick
+                    tick = now
+                    bar.set_postfix(loss=f"{window[-1]:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
+                                    img_s=f"{self.images_per_second():.1f}")
+                if evaluating:
+                    result = self.evaluate_point(sum(window) / len(window))
+                    window = []
+                    self.history.append(result)
+                    if self.save_checkpoints:
+                        self.save()
+                    if on_eval is not None and self.group.is_main:
+                        on_eval(result)
+                    self.model.train()
+                    tick = time.perf_counter()
+        return self.finish()
+
+    def train_loader(self) -> DataLoader:
+        stream = TrainStream(len(self.train_set), self.cfg.seed, self.step * self.budget.per_process_batch,
+                             self.group.rank, self.group.world_size)
+        return DataLoader(self.train_set, batch_size=self.budget.per_process_batch, sampler=stream,
+                          num_workers=self.cfg.workers, pin_memory=self.cuda,
+                          generator=torch.Generator().manual_seed(self.cfg.seed))
+
+    def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+        masks = masks.to(self.device, non_blocking=True)
+        with self.autocast():
+            outputs = self.model(images)
+            loss = self.criterion(outputs["out"], masks)
+            if "aux" in outputs:
+                loss = loss + AUX_LOSS_WEIGHT * self.criterion(outputs["aux"], masks)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.detach()
+
+    def check_losses(self, pending: list[tuple[torch.Tensor, float]]) -> list[float]:
+        """Read the pending losses (mean over processes); raise on the first NaN/inf."""
+        losses = torch.stack([loss for loss, _ in pending]).float()
+        if self.group.is_distributed:
+            torch.distributed.all_reduce(losses)
+            losses /= self.group.world_size
+        values = losses.tolist()
+        first_step = self.step - len(values) + 1
+        for offset, (value, (_, lr)) in enumerate(zip(values, pending)):
+            if not math.isfinite(value):
+                raise TrainingDiverged(first_step + offset, lr, value)
+        return values
+
+    def evaluate_point(self, loss: float) -> EvalResult:
+        loader = DataLoader(Subset(self.val_set, range(self.group.rank, len(self.val_set),
+                                                        self.group.world_size)),
+                            batch_size=self.cfg.eval_batch_size, collate_fn=pad_collate,
+                            num_workers=self.cfg.workers, pin_memory=self.cuda)
+        scores = evaluate(self.model, loader, self.device, self.amp_dtype)
+        images_seen = self.step * self.cfg.batch_size
+        result = EvalResult(
+            point=self.budget.eval_steps.index(self.step) + 1, step=self.step,
+            epoch=images_seen / len(self.train_set), images_seen=images_seen,
+            miou=scores.miou, pixel_accuracy=scores.pixel_accuracy,
+            mean_class_accuracy=scores.mean_class_accuracy, per_class_iou=scores.per_class_iou,
+            loss=loss, seconds=self.elapsed())
+        if self.group.is_main:
+            log.info("eval %d/%d  step %d/%d  epoch %.2f  mIoU %.4f  pixel acc %.4f  loss %.4f",
+                     result.point, self.cfg.eval_points, self.step, self.budget.total_steps,
+                     result.epoch, result.miou, result.pixel_accuracy, loss)
+        return result
+
+    def finish(self) -> TrainResult:
+        last = self.history[-1]
+        result = TrainResult(
+            config=self.cfg, final_miou=last.miou, best_miou=max(h.miou for h in self.history),
+            per_class_iou=last.per_class_iou, pixel_accuracy=last.pixel_accuracy,
+            mean_class_accuracy=last.mean_class_accuracy, history=self.history,
+            steps=self.step, seconds=self.elapsed(), images_per_second=self.images_per_second(),
+            peak_memory_bytes=peak_memory_bytes(self.device), parameters=self.parameters)
+        if self.writes:
+            write_json_atomic(self.run_dir / "result.json", result.to_dict())
+        return result
+
+    # --- bookkeeping
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def images_per_second(self) -> float:
+        return self.step * self.cfg.batch_size / self.train_seconds if self.train_seconds else 0.0
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    def bare_model(self) -> nn.Module:
+        return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+
+    def save(self) -> None:
+        state = {
+            "config": self.cfg.to_dict(), "step": self.step,
+            "history": [dataclasses.asdict(h) for h in self.history],
+            "train_seconds": self.train_seconds, "elapsed_seconds": self.elapsed(),
+            "model": self.bare_model().state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.cuda else [],
+        }
+        write_atomic(self.run_dir / CHECKPOINT, lambda file: torch.save(state, file))
+
+    def restore(self) -> None:
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            log.info("no checkpoint in %s: starting from step 0", self.run_dir)
+            return
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as error:
+            raise UserError(f"{path}: unreadable checkpoint ({error.__class__.__name__}); "
+                            f"delete it to start the run over") from None
+        saved = {k: v for k, v in state["config"].items() if k not in RUNTIME_FIELDS}
+        wanted = {k: v for k, v in self.cfg.to_dict().items() if k not in RUNTIME_FIELDS}
+        changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
+        if changed:
+            raise UserError(f"{path}: made with a different config ({', '.join(changed)} differ); "
+                            f"use another output dir or delete the checkpoint")
+        self.bare_model().load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = state["step"]
+        self.history = [EvalResult(**h) for h in state["history"]]
+        self.train_seconds = state["train_seconds"]
+        self.elapsed_before = state["elapsed_seconds"]
+        torch.set_rng_state(state["rng"].cpu())
+        if self.cuda and state["cuda_rng"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        if self.group.is_main:
+            log.info("resumed from %s at step %d/%d", path, self.step, self.budget.total_steps)
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
+             amp_dtype: torch.dtype | None = None) -> Scores:
+    """mIoU etc. over everything `loader` yields (summed over processes under DDP)."""
+    model.eval()
+    matrix = ConfusionMatrix(NUM_CLASSES, device=device, ignore_index=IGNORE_INDEX)
+    autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
+        for images, masks in loader:
+            images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+            matrix.update(model(images)["out"].argmax(dim=1), masks.to(device, non_blocking=True))
+    matrix.all_reduce()
+    return matrix.compute()
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,112 @@
+"""DeepLabV3 from torchvision parts: a dilated ResNet, ASPP head, optional aux head.
+
+torchvision's own `deeplabv3_resnet*` builders fix output stride 8; the paper's
+standard setting is 16 (ASPP rates 6, 12, 18), so the model is assembled here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.error import URLError
+
+import torch
+from torch import nn
+from torchvision.models import ResNet50_Weights, ResNet101_Weights, resnet50, resnet101
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
+from torchvision.models.segmentation.fcn import FCNHead
+
+from segtrain.errors import WeightsError
+
+RESNETS = {"resnet50": (resnet50, ResNet50_Weights.IMAGENET1K_V1),
+           "resnet101": (resnet101, ResNet101_Weights.IMAGENET1K_V1)}
+
+# output stride -> (which of layer2..4 trade stride for dilation, ASPP atrous rates)
+DILATION = {16: ([False, False, True], (6, 12, 18)),
+            8: ([False, True, True], (12, 24, 36))}
+
+
+def build_model(backbone: str, output_stride: int, num_classes: int = 21,
+                pretrained: str | Path | None = None, aux_loss: bool = False) -> DeepLabV3:
+    """DeepLabV3 whose forward returns {"out": logits at input size[, "aux": ...]}.
+
+    `pretrained`: "imagenet" (torchvision's ResNet weights, downloaded once and
+    cached), a path to a ResNet state_dict file, or None to train from scratch.
+    Only the backbone is initialised; the heads always start fresh.
+    """
+    if backbone not in RESNETS:
+        raise ValueError(f"unknown backbone {backbone!r}")
+    if output_stride not in DILATION:
+        raise ValueError(f"output stride must be 8 or 16, not {output_stride}")
+    make_resnet, imagenet = RESNETS[backbone]
+    dilate, rates = DILATION[output_stride]
+    resnet = make_resnet(weights=None, replace_stride_with_dilation=dilate)
+    if pretrained is not None:
+        state = imagenet_state_dict(imagenet) if pretrained == "imagenet" else load_state_dict(pretrained)
+        load_backbone_weights(resnet, state, source=str(pretrained))
+    layers = {"layer4": "out", "layer3": "aux"} if aux_loss else {"layer4": "out"}
+    return DeepLabV3(
+        IntermediateLayerGetter(resnet, return_layers=layers),
+        DeepLabHead(2048, num_classes, atrous_rates=rates),
+        FCNHead(1024, num_classes) if aux_loss else None,
+    )
+
+
+def imagenet_state_dict(weights) -> dict[str, torch.Tensor]:
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+    except (URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise WeightsError(
+            f"cannot download ImageNet weights {weights.url} ({reason}); offline? "
+            f"download that file elsewhere and pass its path as --pretrained PATH, "
+            f"or train from scratch with --pretrained none") from None
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A ResNet state_dict from disk; never unpickles code (weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file; pass a torchvision ResNet "
+                           f"state_dict (e.g. resnet101-*.pth), 'imagenet' or 'none'")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a corrupt or foreign file: say which and why, no traceback
+        raise WeightsError(f"{path}: not a loadable state_dict ({error.__class__.__name__}: "
+                           f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: expected a state_dict of tensors (torchvision ResNet format)")
+    return state
+
+
+def load_backbone_weights(resnet: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy a ResNet state_dict into `resnet`, ignoring the classifier (fc.*).
+
+    Any other missing, unexpected or mis-shaped key is an error listing them, so
+    ResNet-50 weights can never silently half-load into a ResNet-101.
+    """
+    expected = {k: v for k, v in resnet.state_dict().items() if not k.startswith("fc.")}
+    given = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    problems = []
+    missing = sorted(expected.keys() - given.keys())
+    unexpected = sorted(given.keys() - expected.keys())
+    if missing:
+        problems.append(f"missing {len(missing)} keys ({_preview(missing)})")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} keys ({_preview(unexpected)})")
+    mismatched = [f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}"
+                  for k, v in expected.items() if k in given and given[k].shape != v.shape]
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches ({_preview(mismatched)})")
+    if problems:
+        raise WeightsError(f"{source}: does not fit this backbone: " + "; ".join(problems))
+    resnet.load_state_dict(given, strict=False)
+
+
+def _preview(items: list[str], limit: int = 3) -> str:
+    more = f", ... {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,103 @@
+"""python -m segtrain.train: one DeepLabV3 training run (the baseline, or any config by hand).
+
+Every TrainConfig field is a flag (--lr, --crop-size, ...); `--config FILE`
+(TOML, or a run's config.json) supplies values first, flags override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from segtrain.cli import ArgumentParser, run
+from segtrain.config import TrainConfig, field_names, field_type
+from segtrain.engine import TrainResult, train
+from segtrain.errors import ConfigError, UserError
+
+HELP = {
+    "data_root": "VOC root: the folder holding VOCdevkit/, VOCdevkit/ or VOC2012/ (default: $VOC_ROOT); "
+                 "with --synthetic, where the synthetic set is cached",
+    "synthetic": "train on a synthetic VOC-format set, made on first use",
+    "pretrained": "imagenet, none (from scratch) or PATH to a torchvision ResNet state_dict",
+    "lr": "backbone learning rate; the head gets lr * head-lr-multiplier",
+    "epochs": "budget in epochs of the train split",
+    "eval_points": "evaluations on val, at equal fractions of the budget",
+    "batch_size": "images per step, over all processes",
+}
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m segtrain.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="TOML or JSON file of TrainConfig fields")
+    parser.add_argument("--out", type=Path, help="run dir for config.json, result.json and the "
+                                                 "checkpoint (default: runs/train/<time>)")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    defaults = TrainConfig()
+    fields = parser.add_argument_group("training config (defaults: the standard DeepLabV3 recipe)")
+    for name in field_names():
+        kind = field_type(name)
+        flag = "--" + name.replace("_", "-")
+        text = f"{HELP.get(name, '')} (default: {getattr(defaults, name)})".lstrip()
+        if kind is bool:
+            fields.add_argument(flag, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=text)
+        else:
+            fields.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=name.upper(),
+                                help=text)
+    return parser
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Values from a TOML file or a run's config.json, validated on their own so an
+    error names the file rather than a flag."""
+    try:
+        text = path.read_text()
+        values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except OSError as error:
+        raise UserError(f"{path}: cannot read ({error.strerror})") from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path}: not valid {path.suffix.lstrip('.').upper()} ({error})") from None
+    try:
+        TrainConfig.from_dict(values)
+    except ConfigError as error:
+        raise UserError(f"{path}: {error}") from None
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    config_file, out, resume = args.pop("config"), args.pop("out"), args.pop("resume")
+    if resume and out is None:
+        raise UserError("--resume needs --out DIR, the run dir holding the checkpoint")
+    cfg = TrainConfig.from_dict({**(read_config_file(config_file) if config_file else {}), **args})
+    out = out or Path("runs/train") / time.strftime("%Y%m%d-%H%M%S")
+    result = train(cfg, run_dir=out, resume=resume)
+    print(summary(result, out))
+    return 0
+
+
+def summary(result: TrainResult, out: Path) -> str:
+    cfg = result.config
+    return "\n".join([
+        f"{cfg.backbone} OS {cfg.output_stride}, {cfg.optimizer} lr {cfg.lr:g}, crop {cfg.crop_size}, "
+        f"batch {cfg.batch_size}, {cfg.epochs:g} epochs ({result.steps} steps)",
+        f"val mIoU {result.final_miou:.4f} (best {result.best_miou:.4f}), "
+        f"pixel accuracy {result.pixel_accuracy:.4f}",
+        f"{result.seconds:.0f} s, {result.images_per_second:.1f} images/s, "
+        f"peak memory {result.peak_memory_bytes / 2**30:.2f} GiB, {result.parameters / 1e6:.1f}M parameters",
+        f"wrote {out / 'config.json'} and {out / 'result.json'}",
+    ])
+
+
+def cli() -> None:
+    sys.exit(run(main, prog="segtrain.train"))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+import torch
+
+from segtrain.metrics import ConfusionMatrix
+
+
+def reference_scores(pred: np.ndarray, target: np.ndarray, n: int):
+    """Straightforward per-class IoU with numpy, as a check on the bincount version."""
+    keep = target != 255
+    pred, target = pred[keep], target[keep]
+    ious, recalls = [], []
+    for c in range(n):
+        tp = np.sum((pred == c) & (target == c))
+        union = np.sum((pred == c) | (target == c))
+        ious.append(tp / union if union else None)
+        if np.sum(target == c):
+            recalls.append(tp / np.sum(target == c))
+    present = [v for v in ious if v is not None]
+    return ious, float(np.mean(present)), float(np.mean(pred == target)), float(np.mean(recalls))
+
+
+def test_matches_numpy_reference_with_void_ignored():
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 6, size=(3, 17, 23))
+    target[rng.random(target.shape) < 0.1] = 255
+    pred = np.where(rng.random(target.shape) < 0.6, target, rng.integers(0, 6, size=target.shape))
+    pred[pred == 255] = 0
+    matrix = ConfusionMatrix(21)
+    matrix.update(torch.from_numpy(pred), torch.from_numpy(target))
+    scores = matrix.compute()
+    ious, miou, accuracy, class_accuracy = reference_scores(pred, target, 21)
+    assert scores.per_class_iou == pytest.approx(ious)
+    assert scores.miou == pytest.approx(miou)
+    assert scores.pixel_accuracy == pytest.approx(accuracy)
+    assert scores.mean_class_accuracy == pytest.approx(class_accuracy)
+    assert scores.per_class_iou[6:] == [None] * 15
+
+
+def test_absent_classes_do_not_drag_miou_and_it_is_never_nan():
+    matrix = ConfusionMatrix(21)
+    assert matrix.compute().miou == 0.0  # nothing seen yet: 0, not NaN
+    target = torch.tensor([[0, 0, 1, 1]])
+    matrix.update(target.clone(), target)
+    assert matrix.compute().miou == 1.0
+    matrix.update(torch.tensor([[2, 2, 1, 1]]), target)  # a false class 2 counts in the union
+    scores = matrix.compute()
+    assert scores.per_class_iou[:3] == pytest.approx([0.5, 1.0, 0.0])
+    assert scores.miou == pytest.approx(0.5)
+
+
+def test_merge_equals_one_matrix_over_everything():
+    rng = np.random.default_rng(1)
+    preds = [torch.from_numpy(rng.integers(0, 21, size=(2, 9, 9))) for _ in range(4)]
+    targets = [torch.from_numpy(rng.integers(0, 21, size=(2, 9, 9))) for _ in range(4)]
+    whole, left, right = ConfusionMatrix(21), ConfusionMatrix(21), ConfusionMatrix(21)
+    for i, (p, t) in enumerate(zip(preds, targets)):
+        whole.update(p, t)
+        (left if i % 2 else right).update(p, t)
+    left.merge(right)
+    assert torch.equal(left.matrix, whole.matrix)
+
+
+def test_rejects_labels_outside_the_classes_and_mismatched_shapes():
+    matrix = ConfusionMatrix(21)
+    with pytest.raises(RuntimeError):
+        matrix.update(torch.zeros(1, 4, dtype=torch.long), torch.tensor([[0, 21, 0, 0]]))
+    with pytest.raises(ValueError, match="differ in shape"):
+        matrix.update(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 5, dtype=torch.long))
