@@ -1,0 +1,117 @@
+"""Check a VOC tree end to end: every listed pair decodes and matches, and what the splits hold.
+
+Unlike the loader, which stops at the first bad file, this reads everything and
+collects every problem, so one run tells a user all that needs fixing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from segtrain.data.labels import CLASS_NAMES, IGNORE_INDEX
+from segtrain.data.voc import (SPLITS, image_path, mask_path, read_image, read_mask, read_split_ids,
+                               require_same_size, split_file)
+from segtrain.errors import DataError
+
+OPTIONAL_SPLITS = ("train_aug",)  # needs SBD; a VOC tree without it is complete
+
+
+@dataclass
+class SplitSummary:
+    images: int  # ids listed
+    pixels: np.ndarray  # int64[256]: pixels per mask value over the readable pairs (0-20 classes, 255 void)
+
+
+@dataclass
+class CheckResult:
+    voc_dir: Path
+    splits: dict[str, SplitSummary] = field(default_factory=dict)
+    absent: list[str] = field(default_factory=list)  # optional splits without a list file
+    problems: list[str] = field(default_factory=list)
+
+
+class _PairReader:
+    """Reads each file once although splits overlap (trainval = train + val; train_aug ~ train)."""
+
+    def __init__(self, voc_dir: Path, problems: list[str]):
+        self.voc_dir = voc_dir
+        self.problems = problems
+        self.image_sizes: dict[Path, tuple[int, int] | None] = {}
+        self.mask_pixels: dict[Path, np.ndarray | None] = {}
+
+    def image_size(self, image_id: str) -> tuple[int, int] | None:
+        path = image_path(self.voc_dir, image_id)
+        if path not in self.image_sizes:
+            try:
+                self.image_sizes[path] = tuple(read_image(path).shape[-2:])
+            except DataError as error:
+                self.problems.append(str(error))
+                self.image_sizes[path] = None
+        return self.image_sizes[path]
+
+    def pixels(self, split: str, image_id: str) -> np.ndarray | None:
+        """Pixels per mask value of a pair, or None (problems recorded) when it is unusable."""
+        path = mask_path(self.voc_dir, split, image_id)
+        if path not in self.mask_pixels:
+            self.mask_pixels[path] = self._mask_pixels(path, self.image_size(image_id))
+        return self.mask_pixels[path]
+
+    def _mask_pixels(self, path: Path, image_size: tuple[int, int] | None) -> np.ndarray | None:
+        try:
+            mask = read_mask(path)
+            if image_size is not None:
+                require_same_size(image_size, mask, path)
+        except DataError as error:
+            self.problems.append(str(error))
+            return None
+        return None if image_size is None else np.bincount(mask.numpy().ravel(), minlength=256)
+
+
+def check_voc(voc_dir: Path, progress: bool | None = None) -> CheckResult:
+    """Summarise every split present and list every problem. `progress`: None = a bar on terminals only."""
+    result = CheckResult(Path(voc_dir))
+    reader = _PairReader(result.voc_dir, result.problems)
+    for split in SPLITS:
+        if split in OPTIONAL_SPLITS and not split_file(result.voc_dir, split).exists():
+            result.absent.append(split)
+            continue
+        try:
+            ids = read_split_ids(result.voc_dir, split)
+        except DataError as error:
+            result.problems.append(str(error))
+            continue
+        pixels = np.zeros(256, dtype=np.int64)
+        for image_id in tqdm(ids, desc=f"checking {split}", unit="image", disable=_disable(progress)):
+            counts = reader.pixels(split, image_id)
+            if counts is not None:
+                pixels += counts
+        result.splits[split] = SplitSummary(len(ids), pixels)
+    return result
+
+
+def _disable(progress: bool | None) -> bool | None:
+    return None if progress is None else not progress  # tqdm: None disables it when not on a terminal
+
+
+def format_report(result: CheckResult) -> str:
+    """A table of pixels per class (rows) and split (columns), then every problem."""
+    rows = [("images", *(f"{summary.images:,}" for summary in result.splits.values()))]
+    for value, name in [*enumerate(CLASS_NAMES), (IGNORE_INDEX, "void (255)")]:
+        rows.append((name, *(f"{int(summary.pixels[value]):,}" for summary in result.splits.values())))
+    header = ("pixels", *result.splits)
+    widths = [max(len(row[column]) for row in (header, *rows)) for column in range(len(header))]
+    lines = [f"VOC tree {result.voc_dir}", ""]
+    lines += ["  ".join(cell.ljust(width) if column == 0 else cell.rjust(width)
+                        for column, (cell, width) in enumerate(zip(row, widths)))
+              for row in (header, *rows)]
+    if result.absent:
+        lines += ["", f"not present (optional): {', '.join(result.absent)}"]
+    if result.problems:
+        lines += ["", f"{len(result.problems)} problem(s):", *(f"  {problem}" for problem in result.problems)]
+    else:
+        lines += ["", "no problems found"]
+    return "\n".join(lines)

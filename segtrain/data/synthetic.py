@@ -1,0 +1,168 @@
+"""A synthetic data set in the real VOC 2012 layout, for the CPU demo and the tests.
+
+Scenes hold one to three large ellipses of a few VOC classes on a textured
+background, each class with its own hue and stripe texture plus noise, and a
+void (255) band along every object outline as in VOC's masks. This is small
+enough to learn in a CPU budget yet hard enough that the learning rate, batch
+size and crop visibly change the result (see DESIGN.md, "Synthetic data that
+teaches something"). Everything is a function of the seed: the same arguments
+give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+
+from segtrain.data.labels import IGNORE_INDEX, VOC_PALETTE
+from segtrain.errors import ConfigError, DataError
+
+RECIPE_VERSION = 1  # part of the cache dir name: bump when the scenes change so stale caches are not reused
+_SPLIT_SEEDS = {"train": 0, "val": 1}
+_GOLDEN_RATIO = (5 ** 0.5 - 1) / 2  # hue step that keeps any prefix of the 20 classes well spread
+
+
+def write_synthetic_voc(out_dir: str | os.PathLike[str], train: int, val: int, size: int,
+                        classes: int = 5, seed: int = 0) -> Path:
+    """Write `out_dir/VOCdevkit/VOC2012/` and return it.
+
+    `classes` object classes (VOC ids 1..classes) appear; train_aug (SegmentationClassAug/)
+    repeats train so that every split name works. The tree is built in a temporary
+    sibling and renamed into place, so it is either complete or absent.
+    """
+    _require("train", train, train >= 1, ">= 1")
+    _require("val", val, val >= 1, ">= 1")
+    _require("size", size, size >= 32, ">= 32 pixels")
+    _require("classes", classes, 1 <= classes <= 20, "in 1-20")
+    _require("seed", seed, seed >= 0, ">= 0")
+    out_dir = Path(out_dir)
+    devkit = out_dir / "VOCdevkit"
+    if devkit.exists():
+        raise DataError(f"{devkit} already exists: remove it or choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=".VOCdevkit-", dir=out_dir))
+    try:
+        _write_tree(build / "VOC2012", {"train": train, "val": val}, size, list(range(1, classes + 1)), seed)
+        try:
+            build.rename(devkit)
+        except OSError:
+            if devkit.exists():  # another process finished the same set first
+                raise DataError(f"{devkit} already exists: remove it or choose another --out") from None
+            raise
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return devkit / "VOC2012"
+
+
+def _require(name: str, value: int, ok: bool, rule: str) -> None:
+    if not ok:
+        raise ConfigError(name, f"must be {rule}, got {value}")
+
+
+def _write_tree(voc_dir: Path, counts: dict[str, int], size: int, class_ids: list[int], seed: int) -> None:
+    for sub in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation"):
+        (voc_dir / sub).mkdir(parents=True)
+    split_ids = {}
+    for split, count in counts.items():
+        split_ids[split] = [f"synthetic_{split}_{index:06d}" for index in range(count)]
+        for index, image_id in enumerate(split_ids[split]):
+            rng = np.random.default_rng([seed, _SPLIT_SEEDS[split], index])
+            image, mask = render_scene(rng, size, class_ids)
+            PIL.Image.fromarray(image).save(voc_dir / "JPEGImages" / f"{image_id}.jpg", quality=90)
+            png = PIL.Image.fromarray(mask)
+            png.putpalette(VOC_PALETTE)
+            png.save(voc_dir / "SegmentationClass" / f"{image_id}.png")
+            if split == "train":
+                png.save(voc_dir / "SegmentationClassAug" / f"{image_id}.png")
+    split_ids["trainval"] = split_ids["train"] + split_ids["val"]
+    split_ids["train_aug"] = split_ids["train"]
+    for split, ids in split_ids.items():
+        (voc_dir / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+
+
+def render_scene(rng: np.random.Generator, size: int, class_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """One image (uint8 HxWx3) and its mask (uint8 HxW of class ids, 255 on outlines)."""
+    image = _background(rng, size)
+    mask = PIL.Image.new("L", (size, size), 0)
+    draw = PIL.ImageDraw.Draw(mask)
+    outline_width = max(2, round(size / 32))
+    for _ in range(rng.integers(1, 4)):
+        class_id = int(rng.choice(class_ids))
+        outline = _ellipse(rng, size)
+        region = PIL.Image.new("L", (size, size), 0)
+        PIL.ImageDraw.Draw(region).polygon(outline, fill=1)
+        inside = np.asarray(region, dtype=bool)
+        image[inside] = _appearance(rng, size, class_id)[inside]
+        draw.polygon(outline, fill=class_id)
+        draw.line(outline + outline[:1], fill=IGNORE_INDEX, width=outline_width, joint="curve")
+    noisy = image + rng.normal(0, 12, image.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8), np.asarray(mask)
+
+
+def _ellipse(rng: np.random.Generator, size: int, vertices: int = 48) -> list[tuple[float, float]]:
+    """A rotated ellipse with radii in [size/5, size/2], centred inside the image."""
+    centre = rng.uniform(0.2 * size, 0.8 * size, 2)
+    radii = rng.uniform(size / 5, size / 2, 2)
+    angle = rng.uniform(0, np.pi)
+    t = np.linspace(0, 2 * np.pi, vertices, endpoint=False)
+    x, y = radii[0] * np.cos(t), radii[1] * np.sin(t)
+    rotated_x = centre[0] + x * np.cos(angle) - y * np.sin(angle)
+    rotated_y = centre[1] + x * np.sin(angle) + y * np.cos(angle)
+    return [(float(a), float(b)) for a, b in zip(rotated_x, rotated_y)]
+
+
+def _class_colour(class_id: int) -> np.ndarray:
+    hue = (class_id * _GOLDEN_RATIO) % 1.0
+    return np.array(colorsys.hsv_to_rgb(hue, 0.75, 0.85)) * 255
+
+
+def _appearance(rng: np.random.Generator, size: int, class_id: int) -> np.ndarray:
+    """Class hue with per-object jitter, modulated by stripes whose angle and period belong to the class."""
+    colour = _class_colour(class_id) * rng.uniform(0.75, 1.15) + rng.normal(0, 10, 3)
+    angle = class_id * 2.4  # radians; distinct stripe directions for neighbouring ids
+    period = 4 + (class_id * 7) % 9
+    yy, xx = np.mgrid[0:size, 0:size]
+    stripes = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period + rng.uniform(0, 2 * np.pi))
+    return colour * (1 + 0.2 * stripes[..., None])
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A smooth, low-saturation colour field with fine grain: texture that is no class."""
+    coarse = rng.uniform(60, 200, (4, 4, 1)) + rng.normal(0, 15, (4, 4, 3))
+    field = PIL.Image.fromarray(np.clip(coarse, 0, 255).astype(np.uint8)).resize((size, size), PIL.Image.BICUBIC)
+    grain = rng.normal(0, 8, (size, size, 1))
+    return np.asarray(field, dtype=np.float64) + grain
+
+
+def synthetic_set_name(train: int, val: int, size: int, classes: int, seed: int) -> str:
+    return f"synthetic-r{RECIPE_VERSION}-t{train}-v{val}-s{size}-c{classes}-seed{seed}"
+
+
+def default_cache_root() -> Path:
+    """$XDG_CACHE_HOME/deeplab-hpo, or ~/.cache/deeplab-hpo."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deeplab-hpo"
+
+
+def ensure_synthetic(train: int, val: int, size: int, classes: int = 5, seed: int = 0,
+                     cache_root: str | os.PathLike[str] | None = None) -> Path:
+    """The VOC2012 dir of the set with these parameters under `cache_root`, written if missing.
+
+    Safe when several processes ask at once: each builds its own temporary tree,
+    one rename wins, the others reuse the winner's set.
+    """
+    out_dir = Path(cache_root or default_cache_root()) / synthetic_set_name(train, val, size, classes, seed)
+    voc_dir = out_dir / "VOCdevkit" / "VOC2012"
+    if not voc_dir.is_dir():
+        try:
+            write_synthetic_voc(out_dir, train, val, size, classes, seed)
+        except DataError:
+            if not voc_dir.is_dir():
+                raise
+    return voc_dir
