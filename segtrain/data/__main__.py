@@ -1,4 +1,4 @@
-"""CLI: python -m segtrain.data {check,synthetic} — inspect a VOC tree, or write a synthetic one."""
+"""CLI: python -m segtrain.data {check,synthetic,prepare} — inspect, synthesise, or build train_aug."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from segtrain.cli import ArgumentParser, run
 from segtrain.config import TrainConfig
 from segtrain.data.check import check_voc, format_report
+from segtrain.data.prepare import add_prepare_command
 from segtrain.data.synthetic import write_synthetic_voc
 from segtrain.data.voc import find_voc_dir
 
@@ -29,7 +30,8 @@ def _synthetic(args: argparse.Namespace) -> int:
 
 def build_parser() -> ArgumentParser:
     """One subparser per command; each sets `command` to the function that runs it."""
-    parser = ArgumentParser(prog=PROG, description="Pascal VOC 2012 data: check a tree, or write a synthetic one.")
+    parser = ArgumentParser(prog=PROG, description="Pascal VOC 2012 data: check a tree, write a synthetic one, "
+                                                "or build train_aug from SBD.")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     check = commands.add_parser("check", help="summarise every split and list every problem (exit 2 if any)")
@@ -46,6 +48,8 @@ def build_parser() -> ArgumentParser:
                            help="object classes used (VOC ids 1..N), 1-20")
     synthetic.add_argument("--seed", type=int, default=defaults.synthetic_seed, help="same seed, same files")
     synthetic.set_defaults(command=_synthetic)
+
+    add_prepare_command(commands)
     return parser
 
 
