@@ -1,0 +1,1 @@
+"""The hyperparameter study: Optuna around segtrain (spec, search space, search, finalize, report)."""

@@ -1,0 +1,408 @@
+"""StudySpec: a study file (studies/*.toml), parsed and validated before any trial runs.
+
+Every mistake a user can make in a spec is reported at load time as one line naming
+the file, section and key, so a long search never dies at trial 17 on a typo. Fixed
+and searched TrainConfig values are checked by building TrainConfigs, and sampler and
+pruner arguments by building Optuna's own classes: no second copy of their rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import re
+import tomllib
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import optuna
+
+from hpo.space import Param
+from segtrain.config import TrainConfig, field_names, field_type
+from segtrain.errors import ConfigError, UserError
+
+SECTIONS = ("study", "train", "space", "sampler", "pruner", "baseline", "finalize")
+PARAM_OPTIONS = ("type", "low", "high", "log", "step", "choices", "when")
+RUNS_DIR = Path("runs")
+
+SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+    "gp": optuna.samplers.GPSampler,
+}
+PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
+    "median": optuna.pruners.MedianPruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "none": optuna.pruners.NopPruner,
+}
+# Where a spec's defaults differ from Optuna's; the spec's own arguments override them.
+# TPE: Optuna 5 is multivariate already; group=True also models conditional params
+# (momentum only for sgd) jointly within the trials where they exist.
+SAMPLER_DEFAULTS: dict[str, dict[str, Any]] = {"tpe": {"multivariate": True, "group": True}}
+# median: trials report at evaluations 1..eval_points; skip the first, where nearly
+# every model still predicts background and the ranking is noise.
+PRUNER_DEFAULTS: dict[str, dict[str, Any]] = {"median": {"n_warmup_steps": 2}}
+
+_Section = TypeVar("_Section", "StudyOptions", "FinalizeOptions")
+_TOML_KINDS: dict[str, type | None] = {"bool": bool, "int": int, "float": float, "str": str, "None": None}
+
+
+def _is(value: Any, kind: type | None) -> bool:
+    """Whether a TOML value is of `kind`: an int is a float, a bool is not an int."""
+    if kind is None:
+        return value is None
+    if isinstance(value, bool):
+        return kind is bool
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
+def _check(key: str, value: Any, kind: type, ok: Callable[[Any], bool], problem: str) -> None:
+    if not _is(value, kind):
+        raise ConfigError(key, f"must be {kind.__name__}, got {value!r}")
+    if not ok(value):
+        raise ConfigError(key, f"{problem}, got {value!r}")
+
+
+def _unknown(what: str, key: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return f"unknown {what}" + (f" (did you mean '{close[0]}'?)" if close else "")
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """[study]: where the study lives, the sampler's seed, and how its workers prove they are alive."""
+
+    name: str
+    storage: str | None = None  # any Optuna storage URL; None: sqlite:///runs/<name>/study.db (relative to the cwd)
+    seed: int = 0
+    heartbeat_interval: int = 60  # seconds, RDB storages: a trial silent for grace_period is stale
+    grace_period: int = 120  # and is failed and re-queued by the next worker
+    keep_checkpoints: int = 3  # the best this-many trials keep their checkpoints
+
+    def __post_init__(self) -> None:
+        _check("name", self.name, str, lambda v: re.fullmatch(r"[\w.-]+", v) is not None,
+               "must be letters, digits, '_', '.' or '-' (it names runs/<name>/)")
+        if self.storage is None:
+            object.__setattr__(self, "storage", f"sqlite:///{(self.output_dir / 'study.db').as_posix()}")
+        _check("storage", self.storage, str, bool, "must be an Optuna storage URL")
+        _check("seed", self.seed, int, lambda v: v >= 0, "must be >= 0")
+        _check("heartbeat_interval", self.heartbeat_interval, int, lambda v: v > 0, "must be > 0 seconds")
+        _check("grace_period", self.grace_period, int, lambda v: v > self.heartbeat_interval,
+               f"must be > heartbeat_interval ({self.heartbeat_interval}), or live trials look stale")
+        _check("keep_checkpoints", self.keep_checkpoints, int, lambda v: v >= 0, "must be >= 0")
+
+    @property
+    def output_dir(self) -> Path:
+        """runs/<name>/: per-trial outputs, final runs, and the default SQLite database."""
+        return RUNS_DIR / self.name
+
+
+@dataclass(frozen=True)
+class FinalizeOptions:
+    """[finalize]: the top-k configurations (and the baseline) retrained at full budget over seeds."""
+
+    top_k: int = 3
+    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: float = TrainConfig.epochs  # the full budget: the standard 30k-iteration recipe
+    pretrained_weights: str | None = None  # ResNet-101 ImageNet state_dict; None: torchvision's
+
+    def __post_init__(self) -> None:
+        _check("top_k", self.top_k, int, lambda v: v >= 1, "must be >= 1")
+        if not isinstance(self.seeds, list | tuple) or not self.seeds or not all(_is(s, int) for s in self.seeds):
+            raise ConfigError("seeds", f"must be a non-empty list of integers, got {self.seeds!r}")
+        if len(set(self.seeds)) < len(self.seeds):
+            raise ConfigError("seeds", f"must not repeat a seed, got {list(self.seeds)}")
+        _check("epochs", self.epochs, float, lambda v: v > 0, "must be > 0")
+        if self.pretrained_weights is not None:
+            _check("pretrained_weights", self.pretrained_weights, str, bool, "must be a path")
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        object.__setattr__(self, "epochs", float(self.epochs))
+
+
+@dataclass(frozen=True)
+class Component:
+    """[sampler] or [pruner]: the Optuna class named by `type`, and its keyword arguments."""
+
+    type: str
+    cls: type
+    args: dict[str, Any]
+
+    def build(self, **fixed: Any) -> Any:
+        with warnings.catch_warnings():
+            # A spec that opts into an experimental argument (TPE's group) does so on purpose.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return self.cls(**fixed, **self.args)
+
+    def describe(self) -> str:
+        return f"{self.cls.__name__}({', '.join(f'{key}={value!r}' for key, value in self.args.items())})"
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated study file. The direction is not a setting: a study maximises validation mIoU."""
+
+    path: Path
+    study: StudyOptions
+    train: dict[str, Any]  # fixed TrainConfig fields
+    space: tuple[Param, ...]  # searched fields, in sampling order
+    sampler: Component
+    pruner: Component
+    baseline: dict[str, Any]  # params of the standard recipe, enqueued first; {} for none
+    finalize: FinalizeOptions
+
+    def train_config(self, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+        """Fixed fields + `overrides` (a trial's params; finalize's seed, epochs); ConfigError if invalid."""
+        return TrainConfig.from_dict({**self.train, **(overrides or {})})
+
+    def with_train(self, **values: Any) -> StudySpec:
+        """A copy with more fixed fields (e.g. a CLI's --data-root); a searched field stays searched."""
+        for key in values:
+            if any(param.name == key for param in self.space):
+                raise ConfigError(key, "is searched in [space] and cannot be fixed")
+        train = {**self.train, **values}
+        TrainConfig.from_dict(train)
+        return dataclasses.replace(self, train=train)
+
+    def make_sampler(self, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+        """A fresh sampler seeded with [study] seed + `seed_offset`.
+
+        Pass a different offset per process (e.g. the number of trials already in the
+        study): two samplers with the same seed draw the same random startup trials, so
+        a resumed or parallel worker would repeat trials that already ran.
+        """
+        return self.sampler.build(seed=self.study.seed + seed_offset)
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        return self.pruner.build()
+
+    def to_markdown(self) -> str:
+        """The study's note for optuna-dashboard (`save_note`): what is searched, on which data."""
+        config = TrainConfig.from_dict(self.train)
+        lines = [
+            f"# Study `{self.study.name}`", "",
+            f"Spec: `{self.path}`. Each trial trains DeepLabV3 ({config.backbone}) for a short budget and "
+            "maximises validation mIoU, reported at each evaluation point (step k = k-th evaluation) "
+            "so that poor trials are pruned early.", "",
+            "## Data", "", _describe_data(config), "",
+            "## Fixed settings", "", "| setting | value |", "|---|---|",
+            *(f"| {key} | `{value!r}` |" for key, value in self.train.items()), "",
+            "All other settings keep their TrainConfig defaults.", "",
+            "## Search space", "", "| parameter | values |", "|---|---|",
+            *(f"| {param.name} | {param.describe()} |" for param in self.space), "",
+        ]
+        if self.baseline:
+            lines += ["## Baseline (enqueued as the first trial)", "",
+                      ", ".join(f"{key} = `{value!r}`" for key, value in self.baseline.items()), ""]
+        lines += [
+            "## Search", "",
+            f"Sampler `{self.sampler.describe()}` with seed {self.study.seed}; pruner `{self.pruner.describe()}`.", "",
+            "## Finalize", "",
+            f"The top {self.finalize.top_k} configurations and the baseline are retrained for "
+            f"{self.finalize.epochs:g} epochs with seeds {', '.join(map(str, self.finalize.seeds))}.",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _describe_data(config: TrainConfig) -> str:
+    if config.synthetic:
+        return (f"Synthetic VOC-format data, made on first use: {config.synthetic_train_images} train / "
+                f"{config.synthetic_val_images} val images of {config.synthetic_image_size} px, "
+                f"{config.synthetic_classes} object classes (seed {config.synthetic_seed}).")
+    return (f"Pascal VOC 2012 at `{config.data_root or '$VOC_ROOT'}`: trained on `{config.train_split}`, "
+            f"evaluated on `{config.val_split}`.")
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study file; any problem is a one-line UserError naming file, section and key."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise UserError(f"{path}: cannot read the study spec: {error.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: not valid TOML: {_one_line(error)}") from None
+    for section, table in data.items():
+        if section not in SECTIONS:
+            raise UserError(f"{path}: [{section}]: {_unknown('section', section, SECTIONS)}")
+        if not isinstance(table, dict):
+            raise UserError(f"{path}: [{section}]: must be a table (a [{section}] header and its keys)")
+    tables: dict[str, dict[str, Any]] = {section: data.get(section, {}) for section in SECTIONS}
+    if not tables["space"]:
+        raise UserError(f"{path}: [space]: no parameters; a study searches at least one TrainConfig field")
+
+    with _located(path, "study"):
+        study = _build(StudyOptions, tables["study"], name=path.stem)
+    with _located(path, "train"):
+        base = TrainConfig.from_dict(tables["train"])
+    with _located(path, "space"):
+        space: list[Param] = []
+        for param_name, options in tables["space"].items():
+            space.append(_parse_param(param_name, options, tables["train"], base, space))
+    with _located(path, "sampler"):
+        sampler = _component(tables["sampler"], SAMPLERS, SAMPLER_DEFAULTS, "tpe", seed=study.seed)
+    with _located(path, "pruner"):
+        pruner = _component(tables["pruner"], PRUNERS, PRUNER_DEFAULTS, "median")
+    with _located(path, "baseline"):
+        baseline = _parse_baseline(tables["baseline"], space, tables["train"])
+    with _located(path, "finalize"):
+        finalize = _build(FinalizeOptions, tables["finalize"])
+        if "epochs" not in tables["space"] and finalize.epochs < base.epochs:
+            raise ConfigError("epochs", f"{finalize.epochs:g} is below the search budget ([train] epochs = "
+                                        f"{base.epochs:g}); finalize retrains at full budget")
+    return StudySpec(path, study, dict(tables["train"]), tuple(space), sampler, pruner, baseline, finalize)
+
+
+@contextmanager
+def _located(path: Path, section: str) -> Iterator[None]:
+    """Turn a ConfigError raised while reading `section` into one line naming file, section and key."""
+    try:
+        yield
+    except ConfigError as error:
+        raise UserError(f"{path}: [{section}] {error.key}: {error.problem}") from None
+
+
+def _build(cls: type[_Section], table: Mapping[str, Any], **defaults: Any) -> _Section:
+    known = [field.name for field in dataclasses.fields(cls)]
+    for key in table:
+        if key not in known:
+            raise ConfigError(key, _unknown("setting", key, known))
+    return cls(**{**defaults, **table})
+
+
+def _parse_param(name: str, options: Any, fixed: Mapping[str, Any], base: TrainConfig,
+                 earlier: Sequence[Param]) -> Param:
+    """One [space] entry: its shape, then its fit to the TrainConfig field, then its `when` parents."""
+    if name not in field_names():
+        raise ConfigError(name, _unknown("TrainConfig field", name, field_names()))
+    if name in fixed:
+        raise ConfigError(name, "is also fixed in [train]; a field is either fixed or searched")
+    if not isinstance(options, dict):
+        raise ConfigError(name, 'must be a table, e.g. {type = "float", low = 0.001, high = 0.1, log = true}')
+    for key in options:
+        if key not in PARAM_OPTIONS:
+            raise ConfigError(name, f"{key}: {_unknown('option', key, PARAM_OPTIONS)}")
+    if "type" not in options:
+        raise ConfigError(name, 'type is required: "float", "int" or "categorical"')
+    when = options.get("when", {})
+    if not isinstance(when, dict):
+        raise ConfigError(name, f'when must be a table, e.g. when = {{optimizer = "sgd"}}, got {when!r}')
+    choices = options.get("choices", [])
+    if not isinstance(choices, list):
+        raise ConfigError(name, f"choices must be a list, got {choices!r}")
+    kind = field_type(name)
+    param = Param(name=name, type=options["type"], log=options.get("log", False),
+                  **{key: _as_field(options[key], kind) for key in ("low", "high", "step") if key in options},
+                  choices=tuple(_as_field(choice, kind) for choice in choices),
+                  when={key: tuple(v) if isinstance(v, list) else (v,) for key, v in when.items()})
+    _check_field(param, kind, base)
+    _check_when(param, earlier)
+    return param
+
+
+def _as_field(value: Any, kind: type) -> Any:
+    """TOML's 1 is 1.0 for a float field, so Optuna and TrainConfig see one type per param."""
+    return float(value) if kind is float and _is(value, float) else value
+
+
+def _check_field(param: Param, kind: type, base: TrainConfig) -> None:
+    """The param's type suits its field, and TrainConfig accepts its bounds or every choice."""
+    if param.type != "categorical" and param.type != kind.__name__:
+        fits = f'"{kind.__name__}" or "categorical"' if kind in (int, float) else '"categorical"'
+        raise ConfigError(param.name, f'type "{param.type}" does not fit the {kind.__name__} field; use {fits}')
+    for choice in param.choices:
+        if not _is(choice, kind):
+            raise ConfigError(param.name, f"choices: {choice!r} does not fit the {kind.__name__} field")
+    values = ([("choices", choice) for choice in param.choices] if param.type == "categorical"
+              else [("low", param.low), ("high", param.high)])
+    for label, value in values:
+        try:
+            base.replace(**{param.name: value})
+        except ConfigError as error:
+            raise ConfigError(param.name, f"{label}: {error.problem}") from None
+
+
+def _check_when(param: Param, earlier: Sequence[Param]) -> None:
+    for parent, values in param.when.items():
+        source = next((p for p in earlier if p.name == parent), None)
+        if source is None or source.type != "categorical":
+            raise ConfigError(param.name,
+                              f"when: {parent!r} must be a categorical parameter defined before {param.name!r}")
+        for value in values:
+            if not source.contains(value):
+                raise ConfigError(param.name, f"when: {value!r} is not among {parent}'s choices ({source.describe()})")
+
+
+def _component(table: Mapping[str, Any], registry: Mapping[str, type], defaults: Mapping[str, dict[str, Any]],
+               default_type: str, **fixed: Any) -> Component:
+    """[sampler]/[pruner]: check each argument against the class's signature, then build it once."""
+    args = dict(table)
+    kind = args.pop("type", default_type)
+    if not isinstance(kind, str) or kind not in registry:
+        raise ConfigError("type", f"must be one of {', '.join(registry)}, got {kind!r}")
+    cls = registry[kind]
+    parameters = inspect.signature(cls).parameters
+    for key, value in args.items():
+        if key in fixed:
+            raise ConfigError(key, "is set in [study], for the whole study")
+        if key not in parameters:
+            raise ConfigError(key, _unknown(f"argument of {cls.__name__}", key, list(parameters)))
+        problem = _argument_problem(parameters[key].annotation, value)
+        if problem:
+            raise ConfigError(key, problem)
+    component = Component(kind, cls, {**defaults.get(kind, {}), **args})
+    try:
+        component.build(**fixed)
+    except (TypeError, ValueError) as error:
+        culprit = next((key for key in args if _fails(Component(kind, cls, {key: args[key]}), fixed)),
+                       ", ".join(component.args))
+        raise ConfigError(culprit, f"rejected by {cls.__name__}: {_one_line(error)}") from None
+    return component
+
+
+def _argument_problem(annotation: Any, value: Any) -> str | None:
+    """Why `value` cannot go to an Optuna argument annotated `annotation` (annotations are strings there)."""
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    names = [name.strip() for name in text.split("|")]
+    if not all(name in _TOML_KINDS for name in names):
+        return f"takes {' | '.join(names)}, which a spec cannot give"
+    if not any(_is(value, _TOML_KINDS[name]) for name in names):
+        return f"must be {' or '.join(name for name in names if name != 'None')}, got {value!r}"
+    return None
+
+
+def _fails(component: Component, fixed: Mapping[str, Any]) -> bool:
+    try:
+        component.build(**fixed)
+    except (TypeError, ValueError):
+        return True
+    return False
+
+
+def _parse_baseline(table: Mapping[str, Any], space: Sequence[Param], fixed: Mapping[str, Any]) -> dict[str, Any]:
+    """[baseline]: a value inside the space for every param its choices make active, and nothing else."""
+    if not table:
+        return {}
+    names = [param.name for param in space]
+    for key in table:
+        if key not in names:
+            raise ConfigError(key, _unknown("[space] parameter", key, names))
+    values = {key: _as_field(value, field_type(key)) for key, value in table.items()}
+    for param in space:
+        given = param.name in values
+        if given and not param.contains(values[param.name]):
+            raise ConfigError(param.name, f"{table[param.name]!r} is outside the space ({param.describe()})")
+        if param.active(values) != given:
+            raise ConfigError(param.name, f"is not sampled with these values ({param.describe()})" if given
+                              else "missing; the baseline sets every [space] parameter it activates")
+    TrainConfig.from_dict({**fixed, **values})
+    return {name: values[name] for name in names if name in values}

@@ -1,0 +1,308 @@
+"""Study spec parsing: the shipped studies load, and every kind of mistake is one line naming its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hpo.spec import StudySpec, load_spec
+from segtrain.config import TrainConfig
+from segtrain.errors import ConfigError, UserError
+
+STUDIES = Path(__file__).resolve().parent.parent / "studies"
+
+SPACE = """
+[space]
+lr = {type = "float", low = 1e-3, high = 1e-1, log = true}
+optimizer = {type = "categorical", choices = ["sgd", "adam"]}
+momentum = {type = "float", low = 0.8, high = 0.99, when = {optimizer = "sgd"}}
+batch_size = {type = "categorical", choices = [2, 4]}
+"""
+
+
+def write_spec(tmp_path: Path, text: str, name: str = "trial_spec.toml") -> Path:
+    """A spec file: `text`, plus the small SPACE above unless `text` has its own [space]."""
+    path = tmp_path / name
+    path.write_text(text if "[space]" in text else text + SPACE, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("name", ["demo.toml", "voc_r50.toml"])
+def test_shipped_studies_parse(name: str) -> None:
+    spec = load_spec(STUDIES / name)
+    assert isinstance(spec.make_sampler(), optuna.samplers.TPESampler)
+    assert isinstance(spec.make_pruner(), optuna.pruners.MedianPruner)
+    assert {"lr", "optimizer", "crop_size", "batch_size", "output_stride"} <= {p.name for p in spec.space}
+    baseline = spec.train_config(spec.baseline)
+    assert (baseline.optimizer, baseline.momentum, baseline.output_stride) == ("sgd", 0.9, 16)
+    assert spec.finalize.epochs > baseline.epochs
+    assert f"Study `{spec.study.name}`" in spec.to_markdown()
+
+
+def test_demo_is_synthetic_and_cpu_sized() -> None:
+    spec = load_spec(STUDIES / "demo.toml")
+    config = spec.train_config(spec.baseline)
+    assert config.synthetic and config.pretrained is None and config.workers == 0
+    assert config.epochs * config.synthetic_train_images / config.batch_size <= 40  # steps of a full trial
+    assert spec.study.storage == "sqlite:///runs/demo/study.db"
+
+
+def test_voc_baseline_is_the_standard_recipe() -> None:
+    spec = load_spec(STUDIES / "voc_r50.toml")
+    config = spec.train_config(spec.baseline)
+    assert config.train_split == "train_aug" and config.pretrained == "imagenet"
+    assert (config.crop_size, config.batch_size) == (513, 16)
+    assert config.lr * config.head_lr_multiplier == pytest.approx(0.01)  # head 0.01, backbone 0.001
+    assert spec.study.output_dir == Path("runs/voc-r50")
+
+
+def test_minimal_spec_gets_the_defaults(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, ""))
+    assert spec.study.name == "trial_spec"
+    assert spec.study.storage == "sqlite:///runs/trial_spec/study.db"
+    assert (spec.study.heartbeat_interval, spec.study.grace_period, spec.study.keep_checkpoints) == (60, 120, 3)
+    sampler = spec.make_sampler()
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert sampler._multivariate is True and sampler._group is True
+    pruner = spec.make_pruner()
+    assert isinstance(pruner, optuna.pruners.MedianPruner) and pruner._n_warmup_steps == 2
+    assert spec.baseline == {}
+    assert spec.finalize.seeds == (0, 1, 2) and spec.finalize.epochs == TrainConfig.epochs
+    assert spec.train_config() == TrainConfig()
+
+
+def test_full_spec(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, """
+[study]
+name = "tiny"
+storage = "sqlite:////tmp/elsewhere.db"
+seed = 7
+heartbeat_interval = 1
+grace_period = 3
+keep_checkpoints = 1
+
+[train]
+synthetic = true
+epochs = 2
+pretrained = "none"
+
+[sampler]
+type = "tpe"
+n_startup_trials = 4
+group = false
+
+[pruner]
+type = "hyperband"
+min_resource = 1
+max_resource = 4
+reduction_factor = 2
+
+[baseline]
+lr = 0.01
+optimizer = "sgd"
+momentum = 0.9
+batch_size = 2
+
+[finalize]
+top_k = 2
+seeds = [3, 4]
+epochs = 8
+pretrained_weights = "weights/r101.pth"
+""")
+    spec = load_spec(path)
+    assert (spec.study.name, spec.study.storage, spec.study.seed) == ("tiny", "sqlite:////tmp/elsewhere.db", 7)
+    assert (spec.study.heartbeat_interval, spec.study.grace_period) == (1, 3)
+    assert spec.sampler.args == {"multivariate": True, "group": False, "n_startup_trials": 4}
+    assert isinstance(spec.make_pruner(), optuna.pruners.HyperbandPruner)
+    assert spec.finalize == type(spec.finalize)(top_k=2, seeds=(3, 4), epochs=8.0, pretrained_weights="weights/r101.pth")
+    config = spec.train_config({"lr": 0.05, "optimizer": "adam", "batch_size": 4})
+    assert (config.synthetic, config.epochs, config.pretrained) == (True, 2.0, None)
+    assert (config.lr, config.optimizer, config.batch_size, config.momentum) == (0.05, "adam", 4, 0.9)
+
+
+@pytest.mark.parametrize(("sampler", "cls"), [("tpe", optuna.samplers.TPESampler),
+                                              ("random", optuna.samplers.RandomSampler),
+                                              ("gp", optuna.samplers.GPSampler)])
+def test_sampler_types(tmp_path: Path, sampler: str, cls: type) -> None:
+    assert isinstance(load_spec(write_spec(tmp_path, f'[sampler]\ntype = "{sampler}"\n')).make_sampler(), cls)
+
+
+@pytest.mark.parametrize(("pruner", "cls"), [("median", optuna.pruners.MedianPruner),
+                                             ("successive_halving", optuna.pruners.SuccessiveHalvingPruner),
+                                             ("hyperband", optuna.pruners.HyperbandPruner),
+                                             ("none", optuna.pruners.NopPruner)])
+def test_pruner_types(tmp_path: Path, pruner: str, cls: type) -> None:
+    assert isinstance(load_spec(write_spec(tmp_path, f'[pruner]\ntype = "{pruner}"\n')).make_pruner(), cls)
+
+
+def test_sampler_seed_comes_from_study_plus_offset(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, '[study]\nseed = 3\n[sampler]\ntype = "random"\n'))
+
+    def first_lr(offset: int) -> float:
+        return optuna.create_study(sampler=spec.make_sampler(offset)).ask().suggest_float("lr", 1e-3, 1e-1)
+
+    assert first_lr(0) == first_lr(0)
+    assert first_lr(0) != first_lr(1)
+
+
+def test_with_train_fixes_more_fields(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, "[train]\nepochs = 2\n"))
+    moved = spec.with_train(data_root="/data/voc")
+    assert moved.train_config().data_root == "/data/voc" and moved.train_config().epochs == 2.0
+    assert spec.train_config().data_root is None
+    with pytest.raises(ConfigError, match="lr: is searched"):
+        spec.with_train(lr=0.1)
+    with pytest.raises(ConfigError, match="workers"):
+        spec.with_train(workers=-1)
+
+
+def test_markdown_describes_data_space_and_search(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, "[train]\nsynthetic = true\nsynthetic_classes = 3\n"
+                                          '[baseline]\nlr = 0.01\noptimizer = "adam"\nbatch_size = 4\n'))
+    note = spec.to_markdown()
+    assert "Synthetic VOC-format data" in note and "3 object classes" in note
+    assert "| momentum | float in [0.8, 0.99], when optimizer = sgd |" in note
+    assert "TPESampler(multivariate=True, group=True)" in note and "MedianPruner(n_warmup_steps=2)" in note
+    assert "optimizer = `'adam'`" in note
+
+
+INVALID = {
+    "malformed TOML": ("lr = = 1\n", "not valid TOML"),
+    "unknown section": ("[trian]\nepochs = 1\n", "[trian]: unknown section (did you mean 'train'?)"),
+    "section not a table": ('study = "x"\n', "[study]: must be a table"),
+    "empty space": ("[space]\n", "[space]: no parameters"),
+    "study unknown key": ("[study]\nnmae = 'x'\n", "[study] nmae: unknown setting (did you mean 'name'?)"),
+    "study direction is no setting": ("[study]\ndirection = 'minimize'\n", "[study] direction: unknown setting"),
+    "study bad type": ("[study]\nseed = 'zero'\n", "[study] seed: must be int, got 'zero'"),
+    "study bad name": ("[study]\nname = 'a/b'\n", "[study] name: must be letters"),
+    "study grace period": ("[study]\nheartbeat_interval = 10\ngrace_period = 10\n", "[study] grace_period: must be >"),
+    "study heartbeat not int": ("[study]\nheartbeat_interval = 0.5\n", "[study] heartbeat_interval: must be int"),
+    "train unknown key": ("[train]\nlrr = 0.1\n", "[train] lrr: unknown setting"),
+    "train bad type": ("[train]\nepochs = 'many'\n", "[train] epochs: must be float"),
+    "train bad value": ("[train]\nbackbone = 'vgg16'\n", "[train] backbone: must be one of"),
+    "key in train and space": ("[train]\nlr = 0.01\n", "[space] lr: is also fixed in [train]"),
+    "space unknown field": ("[space]\nlrr = {type = 'float', low = 0.1, high = 1.0}\n",
+                            "[space] lrr: unknown TrainConfig field (did you mean 'lr'?)"),
+    "space unknown option": ("[space]\nlr = {type = 'float', lo = 0.1, high = 1.0}\n",
+                             "[space] lr: lo: unknown option (did you mean 'low'?)"),
+    "space not a table": ("[space]\nlr = 0.1\n", "[space] lr: must be a table"),
+    "space missing type": ("[space]\nlr = {low = 0.1, high = 1.0}\n", "[space] lr: type is required"),
+    "space unknown type": ("[space]\nlr = {type = 'double', low = 0.1, high = 1.0}\n", "[space] lr: type must be one of"),
+    "space missing bound": ("[space]\nlr = {type = 'float', low = 0.1}\n", '[space] lr: high is required for type "float"'),
+    "space float type on int field": ("[space]\ncrop_size = {type = 'float', low = 65, high = 129}\n",
+                                      '[space] crop_size: type "float" does not fit the int field'),
+    "space int type on str field": ("[space]\noptimizer = {type = 'int', low = 1, high = 2}\n",
+                                    '[space] optimizer: type "int" does not fit the str field; use "categorical"'),
+    "space int field float bounds": ("[space]\ncrop_size = {type = 'int', low = 65.0, high = 129}\n",
+                                     '[space] crop_size: low must be an integer for type "int", got 65.0'),
+    "space bool bound": ("[space]\nlr = {type = 'float', low = true, high = 1.0}\n", "[space] lr: low must be a finite"),
+    "space infinite bound": ("[space]\nlr = {type = 'float', low = 0.1, high = inf}\n", "[space] lr: high must be a finite"),
+    "space low > high": ("[space]\nlr = {type = 'float', low = 0.1, high = 0.01}\n",
+                         "[space] lr: low (0.1) must be < high (0.01)"),
+    "space low == high": ("[space]\nlr = {type = 'float', low = 0.01, high = 0.01}\n",
+                          "[space] lr: low (0.01) must be < high (0.01)"),
+    "space log with low 0": ("[space]\nweight_decay = {type = 'float', low = 0.0, high = 0.1, log = true}\n",
+                             "[space] weight_decay: log needs low > 0"),
+    "space log not bool": ("[space]\nlr = {type = 'float', low = 0.01, high = 0.1, log = 1}\n",
+                           "[space] lr: log must be true or false"),
+    "space step zero": ("[space]\ncrop_size = {type = 'int', low = 65, high = 129, step = 0}\n",
+                        "[space] crop_size: step must be > 0"),
+    "space step off grid": ("[space]\ncrop_size = {type = 'int', low = 65, high = 129, step = 30}\n",
+                            "[space] crop_size: high - low (129 - 65) must be a multiple of step (30)"),
+    "space log with step": ("[space]\ncrop_size = {type = 'int', low = 64, high = 128, step = 32, log = true}\n",
+                            "[space] crop_size: log and step cannot be combined"),
+    "space empty choices": ("[space]\noptimizer = {type = 'categorical', choices = []}\n",
+                            "[space] optimizer: choices must be a non-empty list"),
+    "space choices not a list": ("[space]\noptimizer = {type = 'categorical', choices = 'sgd'}\n",
+                                 "[space] optimizer: choices must be a list"),
+    "space unknown optimizer": ("[space]\noptimizer = {type = 'categorical', choices = ['sgd', 'rmsprop']}\n",
+                                "[space] optimizer: choices: must be one of sgd, adam, adamw, got 'rmsprop'"),
+    "space choice of wrong type": ("[space]\nbatch_size = {type = 'categorical', choices = [4, '8']}\n",
+                                   "[space] batch_size: choices: '8' does not fit the int field"),
+    "space bool choice for int": ("[space]\nbatch_size = {type = 'categorical', choices = [4, true]}\n",
+                                  "[space] batch_size: choices: True does not fit the int field"),
+    "space repeated choice": ("[space]\nbatch_size = {type = 'categorical', choices = [4, 4]}\n",
+                              "[space] batch_size: choices repeat a value"),
+    "space categorical with low": ("[space]\nbatch_size = {type = 'categorical', choices = [4], low = 2}\n",
+                                   "[space] batch_size: low does not apply"),
+    "space range with choices": ("[space]\nlr = {type = 'float', low = 0.01, high = 0.1, choices = [0.05]}\n",
+                                 "[space] lr: choices do not apply"),
+    "space bound TrainConfig rejects": ("[space]\nmomentum = {type = 'float', low = 0.9, high = 1.0}\n",
+                                        "[space] momentum: high: must be in [0, 1)"),
+    "space when on later param": ("[space]\nmomentum = {type = 'float', low = 0.8, high = 0.9, when = {optimizer = 'sgd'}}\n"
+                                  "optimizer = {type = 'categorical', choices = ['sgd', 'adam']}\n",
+                                  "[space] momentum: when: 'optimizer' must be a categorical parameter defined before"),
+    "space when on float param": ("[space]\nlr = {type = 'float', low = 0.01, high = 0.1}\n"
+                                  "momentum = {type = 'float', low = 0.8, high = 0.9, when = {lr = 0.05}}\n",
+                                  "[space] momentum: when: 'lr' must be a categorical parameter"),
+    "space when value not a choice": ("[space]\noptimizer = {type = 'categorical', choices = ['sgd', 'adam']}\n"
+                                      "momentum = {type = 'float', low = 0.8, high = 0.9, when = {optimizer = 'sgdd'}}\n",
+                                      "[space] momentum: when: 'sgdd' is not among optimizer's choices"),
+    "space when not a table": ("[space]\nmomentum = {type = 'float', low = 0.8, high = 0.9, when = 'sgd'}\n",
+                               "[space] momentum: when must be a table"),
+    "space when empty list": ("[space]\noptimizer = {type = 'categorical', choices = ['sgd', 'adam']}\n"
+                              "momentum = {type = 'float', low = 0.8, high = 0.9, when = {optimizer = []}}\n",
+                              "[space] momentum: when: optimizer needs at least one value"),
+    "sampler unknown type": ("[sampler]\ntype = 'cmaes'\n", "[sampler] type: must be one of tpe, random, gp, got 'cmaes'"),
+    "sampler type not a string": ("[sampler]\ntype = ['tpe']\n", "[sampler] type: must be one of tpe, random, gp"),
+    "sampler unknown argument": ("[sampler]\nn_startup = 5\n",
+                                 "[sampler] n_startup: unknown argument of TPESampler (did you mean 'n_startup_trials'?)"),
+    "sampler seed": ("[sampler]\nseed = 1\n", "[sampler] seed: is set in [study]"),
+    "sampler argument type": ("[sampler]\nn_startup_trials = '10'\n", "[sampler] n_startup_trials: must be int, got '10'"),
+    "sampler callable argument": ("[sampler]\ngamma = 0.25\n", "[sampler] gamma: takes Callable"),
+    "sampler rejects combination": ("[sampler]\nmultivariate = false\n",
+                                    "[sampler] multivariate, group: rejected by TPESampler"),
+    "pruner unknown type": ("[pruner]\ntype = 'asha'\n", "[pruner] type: must be one of median, successive_halving"),
+    "pruner unknown argument": ("[pruner]\nn_warmup = 2\n",
+                                "[pruner] n_warmup: unknown argument of MedianPruner (did you mean 'n_warmup_steps'?)"),
+    "pruner bad argument value": ("[pruner]\nn_startup_trials = 5\nn_warmup_steps = -1\n",
+                                  "[pruner] n_warmup_steps: rejected by MedianPruner"),
+    "pruner bad argument type": ("[pruner]\ntype = 'successive_halving'\nmin_resource = 1.5\n",
+                                 "[pruner] min_resource: must be str or int, got 1.5"),
+    "pruner none with arguments": ("[pruner]\ntype = 'none'\nn_startup_trials = 5\n",
+                                   "[pruner] n_startup_trials: unknown argument of NopPruner"),
+    "baseline unknown key": ("[baseline]\nlrr = 0.01\n", "[baseline] lrr: unknown [space] parameter"),
+    "baseline fixed key": ("[train]\nepochs = 1\n[baseline]\nepochs = 1\n", "[baseline] epochs: unknown [space] parameter"),
+    "baseline outside range": ("[baseline]\nlr = 0.5\noptimizer = 'adam'\nbatch_size = 2\n",
+                               "[baseline] lr: 0.5 is outside the space (float in [0.001, 0.1], log)"),
+    "baseline outside choices": ("[baseline]\nlr = 0.01\noptimizer = 'adam'\nbatch_size = 16\n",
+                                 "[baseline] batch_size: 16 is outside the space (one of 2, 4)"),
+    "baseline wrong type": ("[baseline]\nlr = '0.01'\noptimizer = 'adam'\nbatch_size = 2\n",
+                            "[baseline] lr: '0.01' is outside the space"),
+    "baseline missing param": ("[baseline]\nlr = 0.01\noptimizer = 'adam'\n", "[baseline] batch_size: missing"),
+    "baseline missing conditional": ("[baseline]\nlr = 0.01\noptimizer = 'sgd'\nbatch_size = 2\n",
+                                     "[baseline] momentum: missing"),
+    "baseline inactive conditional": ("[baseline]\nlr = 0.01\noptimizer = 'adam'\nmomentum = 0.9\nbatch_size = 2\n",
+                                      "[baseline] momentum: is not sampled with these values"),
+    "finalize unknown key": ("[finalize]\ntopk = 3\n", "[finalize] topk: unknown setting (did you mean 'top_k'?)"),
+    "finalize top_k zero": ("[finalize]\ntop_k = 0\n", "[finalize] top_k: must be >= 1"),
+    "finalize empty seeds": ("[finalize]\nseeds = []\n", "[finalize] seeds: must be a non-empty list of integers"),
+    "finalize repeated seeds": ("[finalize]\nseeds = [1, 1]\n", "[finalize] seeds: must not repeat"),
+    "finalize epochs below search": ("[train]\nepochs = 10\n[finalize]\nepochs = 5\n",
+                                     "[finalize] epochs: 5 is below the search budget ([train] epochs = 10)"),
+    "finalize weights not a path": ("[finalize]\npretrained_weights = 3\n", "[finalize] pretrained_weights: must be str"),
+}
+
+
+@pytest.mark.parametrize(("text", "expected"), INVALID.values(), ids=INVALID.keys())
+def test_invalid_spec_is_one_line_naming_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = write_spec(tmp_path, text)
+    with pytest.raises(UserError) as caught:
+        load_spec(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+
+
+def test_missing_file_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="cannot read the study spec"):
+        load_spec(tmp_path / "absent.toml")
+
+
+def test_spec_is_frozen(tmp_path: Path) -> None:
+    spec: StudySpec = load_spec(write_spec(tmp_path, ""))
+    with pytest.raises(AttributeError):
+        spec.study = spec.study  # type: ignore[misc]
