@@ -30,7 +30,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from segtrain.config import TrainConfig
 from segtrain.data import voc_dir_for
 from segtrain.data.transforms import eval_transform, train_transform
-from segtrain.data.voc import IGNORE_INDEX, NUM_CLASSES, VOCSegmentation, pad_collate
+from segtrain.data.labels import IGNORE_INDEX, NUM_CLASSES
+from segtrain.data.voc import VOCSegmentation, pad_collate
 from segtrain.distributed import ProcessGroup, join_process_group, leave_process_group
 from segtrain.errors import ConfigError, UserError
 from segtrain.fileio import write_atomic, write_json_atomic
@@ -108,7 +109,9 @@ class Budget:
                                             f"got {cfg.batch_size}")
         steps_per_epoch = train_images / cfg.batch_size
         total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-        evals = sorted({max(1, round(total * k / cfg.eval_points)) for k in range(1, cfg.eval_points + 1)})
+        # evaluation k after k/eval_points of the images (to within half a batch), the last at the end
+        evals = sorted({max(1, math.floor(cfg.epochs * steps_per_epoch * k / cfg.eval_points + 0.5))
+                        for k in range(1, cfg.eval_points)} | {total})
         if len(evals) < cfg.eval_points:
             raise ConfigError("eval_points", f"{cfg.eval_points} evaluations do not fit in "
                                              f"{total} training steps; raise epochs or lower eval_points")
