@@ -60,17 +60,16 @@ def test_check_reports_sample_counts_per_split():
         assert {value: int(count) for value, count in enumerate(summary.pixels) if count} == total
 
 
-def test_check_cli_prints_table_and_exits_0_on_sample():
-    done = subprocess.run([sys.executable, "-m", "segtrain.data", "check", "--root", str(VOC_SAMPLE)],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+def test_check_cli_prints_table_and_exits_0_on_sample(capsys: pytest.CaptureFixture[str]):
+    assert run(data_main, ["check", "--root", str(VOC_SAMPLE)]) == 0
+    output = capsys.readouterr().out
+    lines = output.splitlines()
     assert lines[2].split() == ["pixels", "train", "val", "trainval"]
     assert lines[3].split() == ["images", "1", "1", "2"]
-    assert "background   129,545  143,868   273,413" in done.stdout
+    assert "background   129,545  143,868   273,413" in output
     assert any(line.split() == ["person", "866", "0", "866"] for line in lines)
     assert any(line.split() == ["void", "(255)", "5,355", "8,195", "13,550"] for line in lines)
-    assert "no problems found" in done.stdout
+    assert "no problems found" in output
 
 
 @pytest.mark.parametrize("form", ["parent of VOCdevkit", "VOCdevkit", "VOC2012", "env VOC_ROOT"])
@@ -190,7 +189,7 @@ def test_check_lists_every_problem_in_process(voc_sample_copy: Path):
         assert sum(str(file) in problem for problem in problems) == 1
 
 
-def test_check_cli_exits_2_listing_problems(voc_sample_copy: Path):
+def test_check_cli_process_exits_2_listing_problems(voc_sample_copy: Path):
     bad_image = _truncate_jpeg(voc_sample_copy)
     empty_split = _empty_split(voc_sample_copy)
     done = subprocess.run([sys.executable, "-m", "segtrain.data", "check", "--root", str(voc_sample_copy)],

@@ -127,14 +127,15 @@ def read_mask(path: Path) -> tv_tensors.Mask:
             if png.mode not in ("P", "L"):
                 raise DataError(f"mask {path} is a {png.mode} image: it must be a paletted (mode P) "
                                 "PNG of class ids 0-20 and 255, as in VOC's SegmentationClass/")
-            ids = np.asarray(png)
+            ids = np.array(png)
     except (OSError, SyntaxError, ValueError) as error:  # PIL's ways of saying "not a readable image"
-        raise DataError(f"mask {path} is not a readable PNG ({error}): replace it with the original file") from None
+        reason = "not an image file" if isinstance(error, PIL.UnidentifiedImageError) else error
+        raise DataError(f"mask {path} is not a readable PNG ({reason}): replace it with the original file") from None
     bad = np.unique(ids[(ids >= NUM_CLASSES) & (ids != IGNORE_INDEX)])
     if bad.size:
         raise DataError(f"mask {path} has values {_list_values(bad)} outside 0-{NUM_CLASSES - 1} and "
                         f"{IGNORE_INDEX}: masks must hold VOC class ids (palette indices), not colours")
-    return tv_tensors.Mask(torch.from_numpy(ids.copy()))
+    return tv_tensors.Mask(torch.from_numpy(ids))
 
 
 def _list_values(values: np.ndarray, limit: int = 8) -> str:
