@@ -63,11 +63,10 @@ def test_minimal_spec_gets_the_defaults(tmp_path: Path) -> None:
     assert spec.study.name == "trial_spec"
     assert spec.study.storage == "sqlite:///runs/trial_spec/study.db"
     assert (spec.study.heartbeat_interval, spec.study.grace_period, spec.study.keep_checkpoints) == (60, 120, 3)
-    sampler = spec.make_sampler()
-    assert isinstance(sampler, optuna.samplers.TPESampler)
-    assert sampler._multivariate is True and sampler._group is True
-    pruner = spec.make_pruner()
-    assert isinstance(pruner, optuna.pruners.MedianPruner) and pruner._n_warmup_steps == 2
+    assert isinstance(spec.make_sampler(), optuna.samplers.TPESampler)
+    assert spec.sampler.args == {"multivariate": True, "group": True}
+    assert isinstance(spec.make_pruner(), optuna.pruners.MedianPruner)
+    assert spec.pruner.args == {"n_warmup_steps": 2}
     assert spec.baseline == {}
     assert spec.finalize.seeds == (0, 1, 2) and spec.finalize.epochs == TrainConfig.epochs
     assert spec.train_config() == TrainConfig()
