@@ -91,8 +91,8 @@ def test_bad_parameters_name_the_key(key: str, value: int, tmp_path: Path):
 
 def test_ensure_synthetic_makes_once_then_reuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     voc_dir = ensure_synthetic(2, 1, 32, classes=3, seed=7, cache_root=tmp_path)
-    assert voc_dir == tmp_path / "synthetic-r1-t2-v1-s32-c3-seed7" / "VOCdevkit" / "VOC2012"
-    assert synthetic_set_name(2, 1, 32, 3, 7) == "synthetic-r1-t2-v1-s32-c3-seed7"
+    assert voc_dir == tmp_path / "synthetic-r2-t2-v1-s32-c3-seed7" / "VOCdevkit" / "VOC2012"
+    assert synthetic_set_name(2, 1, 32, 3, 7) == "synthetic-r2-t2-v1-s32-c3-seed7"
     monkeypatch.setattr(synthetic, "write_synthetic_voc", None)  # reuse must not write again
     assert ensure_synthetic(2, 1, 32, classes=3, seed=7, cache_root=tmp_path) == voc_dir
 

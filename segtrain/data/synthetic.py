@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import colorsys
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ import PIL.ImageDraw
 from segtrain.data.labels import IGNORE_INDEX, VOC_PALETTE
 from segtrain.errors import ConfigError, DataError
 
-RECIPE_VERSION = 1  # part of the cache dir name: bump when the scenes change so stale caches are not reused
+RECIPE_VERSION = 2  # part of the cache dir name: bump when the scenes change so stale caches are not reused
 _SPLIT_SEEDS = {"train": 0, "val": 1}
 _GOLDEN_RATIO = (5 ** 0.5 - 1) / 2  # hue step that keeps any prefix of the 20 classes well spread
 
@@ -47,7 +47,8 @@ def write_synthetic_voc(out_dir: str | os.PathLike[str], train: int, val: int, s
     if devkit.exists():
         raise DataError(f"{devkit} already exists: remove it or choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=".VOCdevkit-", dir=out_dir))
+    build = out_dir / f".VOCdevkit-{os.getpid()}-{secrets.token_hex(4)}"  # unique per writer; mkdir honours umask
+    build.mkdir()
     try:
         _write_tree(build / "VOC2012", {"train": train, "val": val}, size, list(range(1, classes + 1)), seed)
         try:
@@ -102,7 +103,7 @@ def render_scene(rng: np.random.Generator, size: int, class_ids: list[int]) -> t
         image[inside] = _appearance(rng, size, class_id)[inside]
         draw.polygon(outline, fill=class_id)
         draw.line(outline + outline[:1], fill=IGNORE_INDEX, width=outline_width, joint="curve")
-    noisy = image + rng.normal(0, 12, image.shape)
+    noisy = image + rng.normal(0, 8, image.shape)
     return np.clip(noisy, 0, 255).astype(np.uint8), np.asarray(mask)
 
 
@@ -125,7 +126,7 @@ def _class_colour(class_id: int) -> np.ndarray:
 
 def _appearance(rng: np.random.Generator, size: int, class_id: int) -> np.ndarray:
     """Class hue with per-object jitter, modulated by stripes whose angle and period belong to the class."""
-    colour = _class_colour(class_id) * rng.uniform(0.75, 1.15) + rng.normal(0, 10, 3)
+    colour = _class_colour(class_id) * rng.uniform(0.85, 1.1) + rng.normal(0, 8, 3)
     angle = class_id * 2.4  # radians; distinct stripe directions for neighbouring ids
     period = 4 + (class_id * 7) % 9
     yy, xx = np.mgrid[0:size, 0:size]
