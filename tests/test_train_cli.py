@@ -30,15 +30,15 @@ def test_cli_run_learns_far_beyond_background(tmp_path):
     command = [sys.executable, "-m", "segtrain.train", "--synthetic", "--data-root", str(tmp_path / "cache"),
                "--synthetic-train-images", "48", "--synthetic-val-images", "12",
                "--pretrained", "none", "--head-lr-multiplier", "1", "--lr", "0.02",
-               "--crop-size", "97", "--batch-size", "4", "--epochs", "5", "--eval-points", "2",
+               "--crop-size", "97", "--batch-size", "4", "--epochs", "3", "--eval-points", "2",
                "--workers", "0", "--out", str(out)]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr
     result = json.loads((out / "result.json").read_text())
-    assert result["steps"] == 60
+    assert result["steps"] == 36
     config = json.loads((out / "config.json").read_text())
     floor = all_background_miou(voc_dir_for(TrainConfig.from_dict(config)))
-    assert result["final_miou"] > floor + 0.25, (result["final_miou"], floor)
+    assert result["final_miou"] > floor + 0.3, (result["final_miou"], floor)
     assert f"val mIoU {result['final_miou']:.4f}" in finished.stdout
 
 
