@@ -1,0 +1,129 @@
+"""Helpers shared by the benchmark scripts: side-by-side timing, tables, the RESULT line.
+
+These machines are shared and noisy, so every benchmark times its alternatives in
+the same run, interleaved (the order rotates each round), repeats, and reports
+medians and ratios rather than absolute times. Each script ends with one line
+
+    RESULT <name> <value> (goal <op> <value>)
+
+that tests and docs read. Imported as `common` (the scripts' own folder is on
+sys.path when run as `python benchmarks/<name>.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+
+Row = Sequence[object]
+
+
+def parse_args(doc: str | None, configure: Callable[[argparse.ArgumentParser], None] | None = None
+               ) -> argparse.Namespace:
+    """`--quick`: the smallest setting (what the smoke test runs); scripts may add options."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smallest setting: seconds, not minutes")
+    if configure is not None:
+        configure(parser)
+    return parser.parse_args()
+
+
+def machine() -> str:
+    """One line naming what the figures were measured on, and how busy it was."""
+    import torch  # here, so that scripts whose parent process needs no torch stay light
+
+    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    return (f"{os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, load average {load}")
+
+
+def interleaved(alternatives: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Run each alternative once per round, rotating the order each round; values per name.
+
+    Rotating spreads slow spells of a shared machine over all alternatives instead
+    of landing them on whichever always runs second.
+    """
+    names = list(alternatives)
+    values: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            values[name].append(alternatives[name]())
+    return values
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def spread(values: Sequence[float]) -> str:
+    """min-max of repeats, to show how noisy a median is."""
+    return f"{min(values):.3g}-{max(values):.3g}" if len(values) > 1 else "-"
+
+
+def timed(work: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
+def print_table(headers: Row, rows: Sequence[Row], title: str | None = None) -> None:
+    """An aligned plain-text table (first column left, the others right)."""
+    cells = [[str(h) for h in headers]] + [[_cell(value) for value in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(value.ljust(width) if i == 0 else value.rjust(width)
+                         for i, (value, width) in enumerate(zip(row, widths))).rstrip()
+
+    if title:
+        print(f"\n{title}")
+    print(line(cells[0]))
+    print("  ".join("-" * width for width in widths))
+    for row in cells[1:]:
+        print(line(row))
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def result(name: str, value: float, op: str, goal: float | str) -> None:
+    """The last line of every benchmark, e.g. `RESULT train_loop 0.97 (goal >= 0.95)`."""
+    print(f"\nRESULT {name} {value:.3g} (goal {op} {goal})", flush=True)
+
+
+def write_voc_pairs(out_dir: Path, count: int, width: int, height: int, seed: int = 0,
+                    classes: int = 20) -> Path:
+    """A VOC2012-layout tree (split `train`) of `count` JPEG + paletted-PNG pairs of any size.
+
+    segtrain's synthetic generator draws square scenes; VOC photos are mostly 500x375,
+    so its scenes are drawn at max(width, height) and cut to size.
+    """
+    from segtrain.data.labels import VOC_PALETTE
+    from segtrain.data.synthetic import render_scene
+
+    voc_dir = Path(out_dir) / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc_dir / sub).mkdir(parents=True, exist_ok=True)
+    ids = [f"bench_{index:06d}" for index in range(count)]
+    for index, image_id in enumerate(ids):
+        image, mask = render_scene(np.random.default_rng([seed, index]), max(width, height),
+                                   list(range(1, classes + 1)))
+        PIL.Image.fromarray(image[:height, :width]).save(voc_dir / "JPEGImages" / f"{image_id}.jpg", quality=90)
+        png = PIL.Image.fromarray(np.ascontiguousarray(mask[:height, :width]))
+        png.putpalette(VOC_PALETTE)
+        png.save(voc_dir / "SegmentationClass" / f"{image_id}.png")
+    (voc_dir / "ImageSets" / "Segmentation" / "train.txt").write_text("".join(f"{i}\n" for i in ids))
+    return voc_dir

@@ -1,0 +1,141 @@
+"""Decode + training-transform throughput: segtrain's tensor pipeline vs a PIL reference pipeline.
+
+At crop 513 a GPU trains DeepLabV3-R50 at roughly 100+ images/s, and every one of
+those images is decoded, rescaled, padded, cropped, flipped and normalised by a CPU
+core in a DataLoader worker first. This measures images/s per core (one process,
+one thread) for
+
+- segtrain: `VOCSegmentation` (JPEG via torchvision.io/libjpeg, PNG palette indices
+  via PIL) + `train_transform` (transforms.v2 on uint8 tensors, float at the end);
+- reference: the style of torchvision's references/segmentation (PIL decode, PIL
+  resize, pad, crop, flip, then to tensor and normalise), doing the same
+  augmentations with the same random draws, so both do the same work per image,
+
+on 500x375 JPEG + paletted PNG pairs (VOC's typical size), and says how many loader
+workers a GPU needs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+import torchvision.transforms.functional as TF
+from torchvision.transforms import InterpolationMode
+
+from common import interleaved, machine, median, parse_args, print_table, result, spread, timed, write_voc_pairs
+from segtrain.data.labels import IGNORE_INDEX
+from segtrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD, MEAN_PIXEL, train_transform
+from segtrain.data.voc import VOCSegmentation, read_image, read_mask
+
+GPU_IMAGES_PER_SECOND = 100  # DeepLabV3-R50, crop 513, AMP, a current GPU (order of magnitude)
+
+
+class ReferencePipeline:
+    """PIL all the way to the crop, as torchvision's segmentation reference does, then tensors.
+
+    Random draws come from torch under the sample's seed in segtrain's order (scale,
+    crop offset, flip), so for the same (index, seed) both pipelines resize to the
+    same size and crop the same amount: the comparison is of implementations, not luck.
+    Flip after the crop (the reference flips the whole resized image, which costs more).
+    """
+
+    def __init__(self, dataset: VOCSegmentation, crop: int, min_scale: float = 0.5, max_scale: float = 2.0):
+        self.dataset, self.crop = dataset, crop
+        self.min_scale, self.max_scale = min_scale, max_scale
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, seed = item
+        image_id = self.dataset.ids[index]
+        image = PIL.Image.open(self.dataset.voc_dir / "JPEGImages" / f"{image_id}.jpg").convert("RGB")
+        mask = PIL.Image.open(self.dataset.voc_dir / "SegmentationClass" / f"{image_id}.png")
+        mask.load()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            scale = self.min_scale + (self.max_scale - self.min_scale) * float(torch.rand(()))
+            size = [max(1, round(image.height * scale)), max(1, round(image.width * scale))]
+            image = TF.resize(image, size, interpolation=InterpolationMode.BILINEAR)
+            mask = TF.resize(mask, size, interpolation=InterpolationMode.NEAREST)
+            pad = [0, 0, max(0, self.crop - image.width), max(0, self.crop - image.height)]
+            if any(pad):
+                image = TF.pad(image, pad, fill=MEAN_PIXEL)
+                mask = TF.pad(mask, pad, fill=IGNORE_INDEX)
+            top = int(torch.randint(0, image.height - self.crop + 1, ()))
+            left = int(torch.randint(0, image.width - self.crop + 1, ()))
+            image = TF.crop(image, top, left, self.crop, self.crop)
+            mask = TF.crop(mask, top, left, self.crop, self.crop)
+            if float(torch.rand(())) < 0.5:
+                image, mask = TF.hflip(image), TF.hflip(mask)
+        tensor = TF.normalize(TF.convert_image_dtype(TF.pil_to_tensor(image), torch.float32),
+                              IMAGENET_MEAN, IMAGENET_STD)
+        return tensor, torch.as_tensor(np.array(mask), dtype=torch.int64)
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    images, crop, repeats = (2, 129, 1) if args.quick else (24, 513, 7)
+    torch.set_num_threads(1)  # one DataLoader worker = one process, one thread
+    with tempfile.TemporaryDirectory() as tmp:
+        voc_dir = write_voc_pairs(Path(tmp), images, width=500, height=375)
+        ours = VOCSegmentation(voc_dir, "train", train_transform(crop, 0.5, 2.0))
+        reference = ReferencePipeline(ours, crop)
+        print(f"{machine()}\n{images} pairs of 500x375 JPEG (q90) + paletted PNG, crop {crop}, "
+              f"scale 0.5-2.0, {repeats} rounds")
+
+        for item in ((0, 1), (images - 1, 2)):  # same shapes and dtypes out of both
+            for a, b in zip(ours[item], reference[item]):
+                assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
+
+        def alternative(pipeline) -> Callable[[], float]:
+            """Images/s over all pairs; the k-th call of each alternative uses the k-th round's draws."""
+            calls = itertools.count()
+
+            def run() -> float:
+                draws = round_draws(next(calls))
+                return len(draws) / timed(lambda: [pipeline[item] for item in draws])
+            return run
+
+        def round_draws(round_: int) -> list[tuple[int, int]]:
+            return [(index, 1000 * round_ + index) for index in range(images)]
+
+        alternatives = {"segtrain (torchvision.io + v2 on uint8)": alternative(ours),
+                        "reference style (PIL + v1 functional)": alternative(reference)}
+        interleaved(alternatives, 1)  # warm-up round, discarded
+        rates = interleaved(alternatives, repeats)
+        draws = round_draws(0)
+
+        # where segtrain's time goes, per image (same draws as the last round)
+        stages = {"decode JPEG (torchvision.io)": lambda i, s: read_image(voc_dir / "JPEGImages" / f"{ours.ids[i]}.jpg"),
+                  "decode PNG mask (PIL, checked)": lambda i, s: read_mask(voc_dir / "SegmentationClass" / f"{ours.ids[i]}.png"),
+                  "whole sample": lambda i, s: ours[i, s]}
+        stage_ms = {name: median([timed(lambda: [stage(i, s) for i, s in draws]) / len(draws) * 1000
+                                  for _ in range(max(1, repeats // 2))]) for name, stage in stages.items()}
+
+    ours_rate = median(rates["segtrain (torchvision.io + v2 on uint8)"])
+    ratio = ours_rate / median(rates["reference style (PIL + v1 functional)"])
+    print_table(["pipeline", "images/s per core (median)", "range", "workers for 100 img/s"],
+                [(name, median(values), spread(values), math.ceil(GPU_IMAGES_PER_SECOND / median(values)))
+                 for name, values in rates.items()],
+                title="decode + training transform, one process, torch.set_num_threads(1)")
+    whole = stage_ms["whole sample"]
+    decode = stage_ms["decode JPEG (torchvision.io)"] + stage_ms["decode PNG mask (PIL, checked)"]
+    print_table(["segtrain stage", "ms per image", "share"],
+                [*((name, ms, f"{ms / whole:.0%}") for name, ms in stage_ms.items() if name != "whole sample"),
+                 ("scale + pad + crop + flip + float + normalise", whole - decode, f"{(whole - decode) / whole:.0%}"),
+                 ("whole sample", whole, "100%")],
+                title="where segtrain's time goes")
+    print(f"\nA GPU at {GPU_IMAGES_PER_SECOND} images/s needs >= {GPU_IMAGES_PER_SECOND / ours_rate:.1f} cores of "
+          f"loading: {math.ceil(1.25 * GPU_IMAGES_PER_SECOND / ours_rate)} DataLoader workers with 25% headroom "
+          f"for collation and the main process (reference style: "
+          f"{math.ceil(1.25 * GPU_IMAGES_PER_SECOND / median(rates['reference style (PIL + v1 functional)']))}).")
+    result("data_pipeline", ratio, ">=", 1.25)
+
+
+if __name__ == "__main__":
+    main()

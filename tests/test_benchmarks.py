@@ -1,0 +1,47 @@
+"""Smoke test of benchmarks/: each script runs on its smallest setting (`--quick`) and ends
+with a well-formed RESULT line. Correctness only: no timing is asserted, since these
+machines are shared and the quick settings are too small to mean anything.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(path.stem for path in (ROOT / "benchmarks").glob("*.py") if path.stem != "common")
+RESULT = re.compile(r"RESULT (?P<name>\w+) (?P<value>\S+) \(goal (?P<op>>=|<=|~) (?P<goal>[0-9.]+)\)")
+
+
+def run_quick(name: str) -> subprocess.CompletedProcess[str]:
+    # as a user runs it: `python benchmarks/<name>.py` from the repo root, the project importable.
+    # One torch thread: on a busy 2-core machine, two threads waiting on each other make the
+    # quick runs 5x slower, and no figure is checked here anyway.
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, f"benchmarks/{name}.py", "--quick"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_benchmarks_are_there():
+    assert {"train_loop", "data_pipeline", "metrics", "scaling"} <= set(SCRIPTS)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_benchmark_runs_and_ends_with_a_result_line(name: str):
+    done = run_quick(name)
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = done.stdout.rstrip().splitlines()[-1]
+    match = RESULT.fullmatch(last)
+    assert match, f"last line is not a RESULT line: {last!r}"
+    assert match["name"] == name
+    assert math.isfinite(float(match["value"]))
+    if name == "metrics":  # its figures only count if the implementations agree
+        assert "confusion matrices identical: True" in done.stdout
+        assert "(equal to 1e-6: True)" in done.stdout
