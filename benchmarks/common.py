@@ -13,6 +13,8 @@ sys.path when run as `python benchmarks/<name>.py`).
 from __future__ import annotations
 
 import argparse
+import itertools
+import multiprocessing
 import os
 import platform
 import statistics
@@ -61,6 +63,52 @@ def interleaved(alternatives: dict[str, Callable[[], float]], repeats: int) -> d
     return values
 
 
+class ForkedWorker:
+    """Calls `measure(k)` (k = 0, 1, ...) in one dedicated forked process, like a DataLoader worker.
+
+    Interleaving alternatives in one process lets each disturb the others' allocator
+    and cache state (a JPEG pipeline's 3 MB buffers come and go differently after
+    PIL ran): giving each its own process, as a real worker has, removes that.
+    Fork before any torch computation with more than one thread in the parent.
+    """
+
+    def __init__(self, measure: Callable[[int], float]):
+        context = multiprocessing.get_context("fork")
+        self._connection, child = context.Pipe()
+        self._process = context.Process(target=self._serve, args=(child, measure), daemon=True)
+        self._process.start()
+        child.close()
+        self._calls = itertools.count()
+
+    @staticmethod
+    def _serve(connection, measure: Callable[[int], float]) -> None:
+        while (call := connection.recv()) is not None:
+            try:
+                connection.send(measure(call))
+            except BaseException as error:  # noqa: BLE001 - re-raised in the parent
+                connection.send(error)
+
+    def __call__(self) -> float:
+        self._connection.send(next(self._calls))
+        outcome = self._connection.recv()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def close(self) -> None:
+        self._connection.send(None)
+        self._process.join()
+
+
+def in_fork(function: Callable[[], object]) -> object:
+    """`function()` computed in a forked child: e.g. so that its peak memory is its own."""
+    worker = ForkedWorker(lambda _: function())
+    try:
+        return worker()
+    finally:
+        worker.close()
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
@@ -101,7 +149,8 @@ def _cell(value: object) -> str:
 
 def result(name: str, value: float, op: str, goal: float | str) -> None:
     """The last line of every benchmark, e.g. `RESULT train_loop 0.97 (goal >= 0.95)`."""
-    print(f"\nRESULT {name} {value:.3g} (goal {op} {goal})", flush=True)
+    print("\nload average at the end: " + " ".join(f"{value:.2f}" for value in os.getloadavg()))
+    print(f"RESULT {name} {value:.3g} (goal {op} {goal})", flush=True)
 
 
 def write_voc_pairs(out_dir: Path, count: int, width: int, height: int, seed: int = 0,

@@ -17,7 +17,6 @@ workers a GPU needs.
 
 from __future__ import annotations
 
-import itertools
 import math
 import tempfile
 from collections.abc import Callable
@@ -29,12 +28,26 @@ import torch
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from common import interleaved, machine, median, parse_args, print_table, result, spread, timed, write_voc_pairs
+from common import ForkedWorker, interleaved, machine, median, parse_args, print_table, result, spread, timed, write_voc_pairs
 from segtrain.data.labels import IGNORE_INDEX
 from segtrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD, MEAN_PIXEL, train_transform
 from segtrain.data.voc import VOCSegmentation, read_image, read_mask
 
 GPU_IMAGES_PER_SECOND = 100  # DeepLabV3-R50, crop 513, AMP, a current GPU (order of magnitude)
+OURS = "segtrain (torchvision.io + v2 on uint8)"
+REFERENCE = "reference style (PIL + v1 functional)"
+JPEG = "decode JPEG (torchvision.io)"
+PNG = "decode PNG mask (PIL, values checked)"
+
+
+class _Stage:
+    """One stage of a sample as a pipeline: `stage[index, seed]` runs it on pair `index`."""
+
+    def __init__(self, run: Callable[[int], object]):
+        self.run = run
+
+    def __getitem__(self, item: tuple[int, int]) -> object:
+        return self.run(item[0])
 
 
 class ReferencePipeline:
@@ -79,61 +92,61 @@ class ReferencePipeline:
 
 def main() -> None:
     args = parse_args(__doc__)
-    images, crop, repeats = (2, 129, 1) if args.quick else (24, 513, 7)
+    images, per_round, crop, repeats = (2, 2, 129, 1) if args.quick else (24, 8, 513, 31)
     torch.set_num_threads(1)  # one DataLoader worker = one process, one thread
     with tempfile.TemporaryDirectory() as tmp:
         voc_dir = write_voc_pairs(Path(tmp), images, width=500, height=375)
         ours = VOCSegmentation(voc_dir, "train", train_transform(crop, 0.5, 2.0))
         reference = ReferencePipeline(ours, crop)
         print(f"{machine()}\n{images} pairs of 500x375 JPEG (q90) + paletted PNG, crop {crop}, "
-              f"scale 0.5-2.0, {repeats} rounds")
+              f"scale 0.5-2.0, {repeats} rounds of {per_round} images")
 
         for item in ((0, 1), (images - 1, 2)):  # same shapes and dtypes out of both
             for a, b in zip(ours[item], reference[item]):
                 assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
 
-        def alternative(pipeline) -> Callable[[], float]:
-            """Images/s over all pairs; the k-th call of each alternative uses the k-th round's draws."""
-            calls = itertools.count()
+        def alternative(pipeline) -> ForkedWorker:
+            """Images/s over all pairs, in a process of its own; call k uses round k's draws."""
+            return ForkedWorker(lambda round_: len(draws(round_)) / timed(
+                lambda: [pipeline[item] for item in draws(round_)]))
 
-            def run() -> float:
-                draws = round_draws(next(calls))
-                return len(draws) / timed(lambda: [pipeline[item] for item in draws])
-            return run
+        def draws(round_: int) -> list[tuple[int, int]]:
+            """Short rounds (a few images each, cycling through them): the two timings of a
+            round lie close in time, so their ratio is little disturbed by the machine's load."""
+            return [(index % images, 1000 * round_ + index)
+                    for index in range(per_round * round_, per_round * (round_ + 1))]
 
-        def round_draws(round_: int) -> list[tuple[int, int]]:
-            return [(index, 1000 * round_ + index) for index in range(images)]
+        jpeg, png = voc_dir / "JPEGImages", voc_dir / "SegmentationClass"
+        alternatives = {
+            OURS: alternative(ours), REFERENCE: alternative(reference),
+            # stages of segtrain's sample, timed in the same rounds: where its time goes
+            JPEG: alternative(_Stage(lambda index: read_image(jpeg / f"{ours.ids[index]}.jpg"))),
+            PNG: alternative(_Stage(lambda index: read_mask(png / f"{ours.ids[index]}.png"))),
+        }
+        try:
+            interleaved(alternatives, 1)  # warm-up round, discarded
+            rates = interleaved(alternatives, repeats)
+        finally:
+            for worker in alternatives.values():
+                worker.close()
 
-        alternatives = {"segtrain (torchvision.io + v2 on uint8)": alternative(ours),
-                        "reference style (PIL + v1 functional)": alternative(reference)}
-        interleaved(alternatives, 1)  # warm-up round, discarded
-        rates = interleaved(alternatives, repeats)
-        draws = round_draws(0)
-
-        # where segtrain's time goes, per image (same draws as the last round)
-        stages = {"decode JPEG (torchvision.io)": lambda i, s: read_image(voc_dir / "JPEGImages" / f"{ours.ids[i]}.jpg"),
-                  "decode PNG mask (PIL, checked)": lambda i, s: read_mask(voc_dir / "SegmentationClass" / f"{ours.ids[i]}.png"),
-                  "whole sample": lambda i, s: ours[i, s]}
-        stage_ms = {name: median([timed(lambda: [stage(i, s) for i, s in draws]) / len(draws) * 1000
-                                  for _ in range(max(1, repeats // 2))]) for name, stage in stages.items()}
-
-    ours_rate = median(rates["segtrain (torchvision.io + v2 on uint8)"])
-    ratio = ours_rate / median(rates["reference style (PIL + v1 functional)"])
-    print_table(["pipeline", "images/s per core (median)", "range", "workers for 100 img/s"],
-                [(name, median(values), spread(values), math.ceil(GPU_IMAGES_PER_SECOND / median(values)))
-                 for name, values in rates.items()],
+    ours_rate, reference_rate = median(rates[OURS]), median(rates[REFERENCE])
+    # ratios paired within a round, so a slow spell of the shared machine cancels out
+    ratio = median([a / b for a, b in zip(rates[OURS], rates[REFERENCE])])
+    print_table(["pipeline", "images/s per core (median)", "range", "/ reference (median of rounds)"],
+                [(OURS, ours_rate, spread(rates[OURS]), ratio), (REFERENCE, reference_rate, spread(rates[REFERENCE]), 1.0)],
                 title="decode + training transform, one process, torch.set_num_threads(1)")
-    whole = stage_ms["whole sample"]
-    decode = stage_ms["decode JPEG (torchvision.io)"] + stage_ms["decode PNG mask (PIL, checked)"]
+    whole = 1000 / ours_rate
+    stage_ms = {name: 1000 / median(rates[name]) for name in (JPEG, PNG)}
+    stage_ms["scale, pad, crop, flip (uint8), float, normalise"] = whole - sum(stage_ms.values())
     print_table(["segtrain stage", "ms per image", "share"],
-                [*((name, ms, f"{ms / whole:.0%}") for name, ms in stage_ms.items() if name != "whole sample"),
-                 ("scale + pad + crop + flip + float + normalise", whole - decode, f"{(whole - decode) / whole:.0%}"),
+                [*((name, ms, f"{ms / whole:.0%}") for name, ms in stage_ms.items()),
                  ("whole sample", whole, "100%")],
-                title="where segtrain's time goes")
-    print(f"\nA GPU at {GPU_IMAGES_PER_SECOND} images/s needs >= {GPU_IMAGES_PER_SECOND / ours_rate:.1f} cores of "
-          f"loading: {math.ceil(1.25 * GPU_IMAGES_PER_SECOND / ours_rate)} DataLoader workers with 25% headroom "
-          f"for collation and the main process (reference style: "
-          f"{math.ceil(1.25 * GPU_IMAGES_PER_SECOND / median(rates['reference style (PIL + v1 functional)']))}).")
+                title="where segtrain's time goes (medians of the same rounds)")
+    needed = GPU_IMAGES_PER_SECOND / ours_rate
+    print(f"\nA GPU training at {GPU_IMAGES_PER_SECOND} images/s needs {needed:.2f} cores of loading at this "
+          f"rate: {math.ceil(1.25 * needed)} DataLoader worker(s) with 25% headroom for collation and "
+          f"transfer (reference style: {math.ceil(1.25 * GPU_IMAGES_PER_SECOND / reference_rate)}).")
     result("data_pipeline", ratio, ">=", 1.25)
 
 

@@ -1,43 +1,44 @@
 """Training cost vs crop size, output stride and backbone: the cost model behind GPU-hour estimates.
 
-A search trial's cost is images x seconds per image, and seconds per image grows
-with the crop's pixels (time ~ crop^a, a ~ 2 once fixed per-layer costs are
-amortised), with output stride 8 (layer3 and layer4 at twice the resolution) and
-with ResNet-101's extra 17 blocks of layer3. This measures bare training steps
-(forward, loss, backward, SGD step; `train_loop.py` shows the loop adds little) for
-each configuration in a fresh forked process, so its peak resident memory is its own,
-then fits a and prints the factors studies/voc_r50.toml's estimate uses.
+A search trial costs images x seconds per image, and seconds per image grows with
+the crop's pixels (time ~ crop^a, a ~ 2 once fixed per-layer costs are amortised),
+with output stride 8 (layer3 and layer4 at twice the resolution) and with
+ResNet-101 (17 more blocks in layer3). For each configuration this
 
-CPU figures: the ratios carry over to a GPU roughly (both are dominated by the
-convolutions' FLOPs at large crops), the absolute numbers do not.
+- times bare training steps (forward, loss, backward, SGD step: `train_loop.py`
+  shows what the loop adds) in a forked process of its own, so that its peak
+  resident memory is its own too;
+- counts the training FLOPs per image (forward + backward, on the meta device:
+  no compute), which do not depend on the machine;
+
+then fits a, and prints the stride and backbone factors and what they make of
+studies/voc_r50.toml's estimate. On a GPU at crops of 321-513 time follows the
+FLOPs more closely than on this CPU, so the FLOP factors are the ones to use there.
 """
 
 from __future__ import annotations
 
 import math
-import multiprocessing
 import resource
 import time
 from dataclasses import dataclass
 
-from common import machine, median, parse_args, print_table, result
+from common import in_fork, machine, median, parse_args, print_table, result
 
-BATCH = 2  # the smallest batch BatchNorm allows: lets crop 321 at stride 8 with ResNet-101 run on a small CPU box
-VOC_R50_CROPS = (321, 417, 513)  # studies/voc_r50.toml's crop choices; baseline 513
+BATCH = 2  # the smallest batch BatchNorm allows: crop 321 at stride 8 with ResNet-101 fits a small CPU box
+VOC_R50_CROPS = (321, 417, 513)  # studies/voc_r50.toml's crop choices; its baseline is 513 at OS 16
+BASELINE = ("resnet50", 16, 513)
 
 
 @dataclass(frozen=True)
 class Measurement:
-    backbone: str
-    output_stride: int
-    crop: int
     seconds_per_image: float  # median over the timed steps
     peak_rss_bytes: int  # peak resident set of the process that trained it
-    added_rss_bytes: int  # peak minus the resident set before the model was built
+    added_rss_bytes: int  # that peak minus the resident set before the model was built
 
 
 def measure(backbone: str, output_stride: int, crop: int, steps: int) -> Measurement:
-    """One configuration: build, one warm-up step, then `steps` timed steps (run in a child process)."""
+    """Build, one warm-up step, then `steps` timed steps. Run it in a fresh child process."""
     import torch
     from torch import nn
 
@@ -52,7 +53,7 @@ def measure(backbone: str, output_stride: int, crop: int, steps: int) -> Measure
     torch.manual_seed(0)
     model = build_model(backbone, output_stride, NUM_CLASSES, None).to(memory_format=torch.channels_last)
     model.train()
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg)  # the engine's: SGD with momentum, its parameter groups
     criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     images = torch.randn(BATCH, 3, crop, crop).contiguous(memory_format=torch.channels_last)
     masks = torch.randint(0, NUM_CLASSES, (BATCH, crop, crop))
@@ -64,8 +65,26 @@ def measure(backbone: str, output_stride: int, crop: int, steps: int) -> Measure
         loss.backward()
         optimizer.step()
         seconds.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    return Measurement(backbone, output_stride, crop, median(seconds[1:]) / BATCH, peak, peak - rss_before)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return Measurement(median(seconds[1:]) / BATCH, peak, peak - rss_before)
+
+
+def training_flops(backbone: str, output_stride: int, crop: int) -> float:
+    """FLOPs of one training image (forward + backward), counted on the meta device."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from segtrain.data.labels import NUM_CLASSES
+    from segtrain.model import build_model
+
+    with torch.device("meta"):
+        model = build_model(backbone, output_stride, NUM_CLASSES, None)
+        images = torch.empty(BATCH, 3, crop, crop)
+        masks = torch.zeros(BATCH, crop, crop, dtype=torch.long)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        torch.nn.functional.cross_entropy(model(images)["out"], masks).backward()
+    return counter.get_total_flops() / BATCH
 
 
 def _current_rss_bytes() -> int:
@@ -73,94 +92,75 @@ def _current_rss_bytes() -> int:
         return int(statm.read().split()[1]) * resource.getpagesize()
 
 
-def _child(connection, *args) -> None:
-    try:
-        connection.send(measure(*args))
-    except BaseException as error:  # noqa: BLE001 - report whatever it was to the parent
-        connection.send(error)
-    finally:
-        connection.close()
-
-
-def measure_in_child(*args) -> Measurement:
-    """Fork a child per configuration: its peak RSS is that configuration's alone.
-
-    The parent has imported torch but run nothing with it, so forking is safe.
-    """
-    context = multiprocessing.get_context("fork")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(sender, *args))
-    process.start()
-    sender.close()
-    outcome = receiver.recv()
-    process.join()
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
-
-
 def exponent(points: list[tuple[int, float]]) -> float:
-    """Least-squares slope of log(seconds per image) on log(crop)."""
+    """Least-squares slope of log(cost) on log(crop)."""
     xs = [math.log(crop) for crop, _ in points]
-    ys = [math.log(seconds) for _, seconds in points]
+    ys = [math.log(cost) for _, cost in points]
     mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-    return (sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys))
-            / sum((x - mean_x) ** 2 for x in xs))
-
-
-def geometric_mean(values: list[float]) -> float:
-    return math.exp(sum(math.log(v) for v in values) / len(values))
+    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
 
 
 def main() -> None:
     args = parse_args(__doc__)
     if args.quick:
-        backbones, strides, crops, steps = ("resnet50",), (16,), (65, 97), 1
+        backbones, strides, crops, steps = ("resnet50",), (16, 8), (65, 97), 1
     else:
         backbones, strides, crops, steps = ("resnet50", "resnet101"), (16, 8), (65, 129, 257, 321), 2
-    import torch  # noqa: F401 - imported once here, before forking, so children start warm
+    configs = [(b, s, c) for b in backbones for s in strides for c in crops]
+    import torch  # noqa: F401 - once, in the parent (which computes nothing with it), so children fork warm
 
-    print(f"{machine()}\nbatch {BATCH}, {steps} timed steps after 1 warm-up, one forked process per row")
-    rows, found = [], {}
-    for backbone in backbones:
-        for stride in strides:
-            for crop in crops:
-                m = measure_in_child(backbone, stride, crop, steps)
-                found[backbone, stride, crop] = m
-                rows.append((backbone, stride, crop, 1 / m.seconds_per_image, m.seconds_per_image * 1000,
-                             m.peak_rss_bytes / 2 ** 20, m.added_rss_bytes / 2 ** 20))
-                print(f"  {backbone} OS{stride} crop {crop}: {1 / m.seconds_per_image:.3g} images/s", flush=True)
-    print_table(["backbone", "OS", "crop", "images/s", "ms/image", "peak RSS MiB", "added MiB"], rows,
-                title="training cost (bare step, CPU)")
+    print(f"{machine()}\nbatch {BATCH}, {steps} timed steps after 1 warm-up, a forked process per row")
+    flops = {config: training_flops(*config) for config in configs}
+    found: dict[tuple[str, int, int], Measurement] = {}
+    for config in configs:
+        found[config] = in_fork(lambda: measure(*config, steps))
+        print(f"  {config}: {1 / found[config].seconds_per_image:.3g} images/s", flush=True)
+    print_table(["backbone", "OS", "crop", "images/s", "ms/image", "GFLOP/image", "GFLOP/s", "peak RSS MiB",
+                 "added MiB"],
+                [(*config, 1 / m.seconds_per_image, 1000 * m.seconds_per_image, flops[config] / 1e9,
+                  flops[config] / 1e9 / m.seconds_per_image, m.peak_rss_bytes / 2 ** 20, m.added_rss_bytes / 2 ** 20)
+                 for config, m in found.items()],
+                title="training cost per image (bare step, CPU; FLOPs forward + backward)")
 
-    large = [c for c in crops if c >= 129] if len(crops) > 2 else list(crops)  # past the fixed costs
-    fits = []
-    for backbone in backbones:
-        for stride in strides:
-            all_crops = exponent([(c, found[backbone, stride, c].seconds_per_image) for c in crops])
-            large_crops = exponent([(c, found[backbone, stride, c].seconds_per_image) for c in large])
-            fits.append((f"{backbone} OS{stride}", all_crops, large_crops))
-    print_table(["series", f"a, crops {min(crops)}-{max(crops)}", f"a, crops {min(large)}-{max(large)}"], fits,
-                title="time per image ~ crop^a (least squares on logs)")
-    a = median([large_crops for _, _, large_crops in fits])
+    large = [c for c in crops if c >= 129] or list(crops)  # past the fixed per-layer costs of tiny crops
+    fits = [(f"{b} OS{s}",
+             exponent([(c, found[b, s, c].seconds_per_image) for c in crops]),
+             exponent([(c, found[b, s, c].seconds_per_image) for c in large]),
+             exponent([(c, flops[b, s, c]) for c in large]))
+            for b in backbones for s in strides]
+    print_table(["series", f"a, time, crops {min(crops)}-{max(crops)}", f"a, time, {min(large)}-{max(large)}",
+                 f"a, FLOPs, {min(large)}-{max(large)}"], fits, title="cost per image ~ crop^a (least squares on logs)")
+    a = median([fit[2] for fit in fits])
 
-    biggest = max(crops)
-    factors = []
-    if 8 in strides:
-        factors += [(f"OS 8 / OS 16, {b}", found[b, 8, c].seconds_per_image / found[b, 16, c].seconds_per_image)
-                    for b in backbones for c in (crops[-2], biggest)]
+    # factors at the largest crop measured, CPU time and FLOPs; and the FLOPs at the GPU recipe's crop 513
+    top = max(crops)
+    gpu_flops = {config: training_flops(*config) for config in
+                 [(b, s, 513) for b in backbones for s in strides]}
+    factors = [(f"OS 8 / OS 16, {b}", found[b, 8, top].seconds_per_image / found[b, 16, top].seconds_per_image,
+                flops[b, 8, top] / flops[b, 16, top], gpu_flops[b, 8, 513] / gpu_flops[b, 16, 513])
+               for b in backbones]
     if "resnet101" in backbones:
-        factors += [(f"ResNet-101 / ResNet-50, OS{s}",
-                     found["resnet101", s, c].seconds_per_image / found["resnet50", s, c].seconds_per_image)
-                    for s in strides for c in (crops[-2], biggest)]
-    if factors:
-        print_table(["cost factor (crops " + f"{crops[-2]}, {biggest})", "ratio"],
-                    [(name, value) for name, value in factors], title="cost factors")
-        os8 = geometric_mean([v for n, v in factors if n.startswith("OS 8") and "resnet50" in n])
-        pixels = sum((c / 513) ** a for c in VOC_R50_CROPS) / len(VOC_R50_CROPS)
-        print(f"\nstudies/voc_r50.toml, crops {VOC_R50_CROPS} and strides (8, 16) drawn evenly: the average "
-              f"trial costs {pixels:.2f} (crop, a = {a:.2f}) x {(1 + os8) / 2:.2f} (stride, OS 8 = {os8:.2f}x) "
-              f"= {pixels * (1 + os8) / 2:.2f}x the baseline trial (crop 513, OS 16)")
+        factors += [(f"ResNet-101 / ResNet-50, OS {s}",
+                     found["resnet101", s, top].seconds_per_image / found["resnet50", s, top].seconds_per_image,
+                     flops["resnet101", s, top] / flops["resnet50", s, top],
+                     gpu_flops["resnet101", s, 513] / gpu_flops["resnet50", s, 513]) for s in strides]
+    print_table(["cost factor", f"CPU time, crop {top}", f"FLOPs, crop {top}", "FLOPs, crop 513"], factors,
+                title="cost factors")
+
+    # studies/voc_r50.toml: crop in (321, 417, 513) and stride in (8, 16), each drawn evenly (random
+    # sampling; TPE drifts to whatever wins), relative to its baseline trial (crop 513, OS 16)
+    os8_time = found["resnet50", 8, top].seconds_per_image / found["resnet50", 16, top].seconds_per_image
+    crop_factor = sum((c / 513) ** a for c in VOC_R50_CROPS) / len(VOC_R50_CROPS)
+    by_time = crop_factor * (1 + os8_time) / 2
+    space = [("resnet50", s, c) for s in (8, 16) for c in VOC_R50_CROPS]
+    for config in space:
+        gpu_flops.setdefault(config, training_flops(*config))
+    by_flops = sum(gpu_flops[config] for config in space) / len(space) / gpu_flops[BASELINE]
+    print(f"\nstudies/voc_r50.toml, crops {VOC_R50_CROPS} x strides (8, 16) drawn evenly, the average trial "
+          f"costs, relative to the baseline trial (crop 513, OS 16):\n"
+          f"  by CPU time: {crop_factor:.2f} (crops, a = {a:.2f}) x {(1 + os8_time) / 2:.2f} "
+          f"(strides, OS 8 = {os8_time:.2f}x) = {by_time:.2f}\n"
+          f"  by FLOPs:    {by_flops:.2f}   (what a GPU at these crops follows more closely)")
     result("scaling", a, "~", 2)
 
 
