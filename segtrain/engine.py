@@ -14,7 +14,7 @@ import math
 import random
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,7 +199,7 @@ class _Run:
             write_json_atomic(self.run_dir / "config.json", self.cfg.to_dict())
         self.started = time.perf_counter()
         budget = self.budget
-        batches = iter(self.train_loader())
+        batches = unwrap_worker_errors(self.train_loader())
         pending: list[tuple[torch.Tensor, float]] = []  # (loss, lr) since the last host sync
         window: list[float] = []  # losses since the last evaluation
         self.model.train()
@@ -364,11 +364,29 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
     matrix = ConfusionMatrix(NUM_CLASSES, device=device, ignore_index=IGNORE_INDEX)
     autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
-        for images, masks in loader:
+        for images, masks in unwrap_worker_errors(loader):
             images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
             matrix.update(model(images)["out"].argmax(dim=1), masks.to(device, non_blocking=True))
     matrix.all_reduce()
     return matrix.compute()
+
+
+def unwrap_worker_errors(loader: DataLoader) -> Iterator[Any]:
+    """The batches of `loader`, where a UserError raised in a worker process (a corrupt
+    file found at decode time) arrives as the one-line error it was.
+
+    PyTorch re-raises a worker's exception here as `type(error)(text)`, where text is
+    the worker's formatted traceback (torch._utils.ExceptionWrapper), ending in
+    "<module>.<type>: <message>"; the message is what the user needs.
+    """
+    try:
+        yield from loader
+    except UserError as error:
+        kind = type(error)
+        _, last_line_start, message = str(error).rpartition(f"\n{kind.__module__}.{kind.__qualname__}: ")
+        if not last_line_start:  # raised in this process: already the message itself
+            raise
+        raise kind(message.strip()) from None
 
 
 def peak_memory_bytes(device: torch.device) -> int:
