@@ -32,7 +32,8 @@ from segtrain.data import voc_dir_for
 from segtrain.data.transforms import eval_transform, train_transform
 from segtrain.data.labels import IGNORE_INDEX, NUM_CLASSES
 from segtrain.data.voc import VOCSegmentation, pad_collate
-from segtrain.distributed import ProcessGroup, join_process_group, leave_process_group
+from segtrain.distributed import (ProcessGroup, as_one_batch, join_process_group, leave_process_group,
+                                  main_process_first, on_main_process)
 from segtrain.errors import ConfigError, UserError
 from segtrain.fileio import write_atomic, write_json_atomic
 from segtrain.metrics import ConfusionMatrix, Scores
@@ -138,6 +139,11 @@ def train(cfg: TrainConfig, on_eval: Callable[[EvalResult], None] | None = None,
     With `run_dir`, config.json, result.json and, at each evaluation, a checkpoint
     are written there; `resume=True` continues from that checkpoint and ends
     with the result an uninterrupted run would have had.
+
+    Under torchrun every process calls this: cfg.batch_size is split between them,
+    process k uses cuda:LOCAL_RANK, rank 0 alone writes and calls `on_eval`, and
+    if that raises, the others stop with distributed.StoppedByMainProcess. All of
+    them read `run_dir` to resume, so it must be on a file system they share.
     """
     if resume and run_dir is None:
         raise ValueError("resume needs a run_dir holding the checkpoint")
@@ -146,7 +152,6 @@ def train(cfg: TrainConfig, on_eval: Callable[[EvalResult], None] | None = None,
     try:
         if group.is_distributed and device.type == "cuda":
             device = torch.device("cuda", group.local_rank)
-            torch.cuda.set_device(device)
         with logging_redirect_tqdm():
             return _Run(cfg, device, group, Path(run_dir) if run_dir else None,
                         save_checkpoints).execute(on_eval, resume)
@@ -172,16 +177,17 @@ class _Run:
         self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) \
             if self.cuda else None
         _seed_everything(cfg.seed)  # right before the first random draw: the model's init
-        model = build_model(cfg.backbone, cfg.output_stride, NUM_CLASSES, cfg.pretrained, cfg.aux_loss)
+        with main_process_first(group):  # rank 0 alone downloads ImageNet weights into the cache
+            model = build_model(cfg.backbone, cfg.output_stride, NUM_CLASSES, cfg.pretrained, cfg.aux_loss)
         self.parameters = count_parameters(model)
         if group.is_distributed:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = as_one_batch(model, device.type)
         self.model = model.to(device, memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = poly_schedule(self.optimizer, self.budget.total_steps,
                                        self.budget.warmup_steps, cfg.poly_power)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+        self.criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum")
         self.step = 0
         self.history: list[EvalResult] = []
         self.train_seconds = 0.0
@@ -224,13 +230,16 @@ class _Run:
                     result = self.evaluate_point(sum(window) / len(window))
                     window = []
                     self.history.append(result)
-                    if self.save_checkpoints:
-                        self.save()
-                    if on_eval is not None and self.group.is_main:
-                        on_eval(result)
+                    on_main_process(self.group, self.device, lambda: self.report(result, on_eval))
                     self.model.train()
                     tick = time.perf_counter()
         return self.finish()
+
+    def report(self, result: EvalResult, on_eval: Callable[[EvalResult], None] | None) -> None:
+        if self.save_checkpoints:
+            self.save()
+        if on_eval is not None:
+            on_eval(result)
 
     def train_loader(self) -> DataLoader:
         stream = TrainStream(len(self.train_set), self.cfg.seed, self.step * self.budget.per_process_batch,
@@ -242,17 +251,27 @@ class _Run:
     def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
         masks = masks.to(self.device, non_blocking=True)
+        per_pixel = self.per_pixel_weight(masks)
         with self.autocast():
             outputs = self.model(images)
-            loss = self.criterion(outputs["out"], masks)
+            loss = self.criterion(outputs["out"], masks) * per_pixel
             if "aux" in outputs:
-                loss = loss + AUX_LOSS_WEIGHT * self.criterion(outputs["aux"], masks)
+                loss = loss + AUX_LOSS_WEIGHT * self.criterion(outputs["aux"], masks) * per_pixel
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         return loss.detach()
+
+    def per_pixel_weight(self, masks: torch.Tensor) -> torch.Tensor:
+        """The factor from this process's summed pixel losses to its share of the mean over the
+        labelled pixels of all processes; as DDP averages gradients, N processes then step like
+        one with the whole batch (a mean of per-process means would weight pixels unequally)."""
+        labelled = (masks != IGNORE_INDEX).sum()
+        if self.group.is_distributed:
+            torch.distributed.all_reduce(labelled)
+        return self.group.world_size / labelled.clamp(min=1)
 
     def check_losses(self, pending: list[tuple[torch.Tensor, float]]) -> list[float]:
         """Read the pending losses (mean over processes); raise on the first NaN/inf."""
@@ -272,7 +291,9 @@ class _Run:
                                                         self.group.world_size)),
                             batch_size=self.cfg.eval_batch_size, collate_fn=pad_collate,
                             num_workers=self.cfg.workers, pin_memory=self.cuda)
-        scores = evaluate(self.model, loader, self.device, self.amp_dtype)
+        # the bare model: DDP's forward would broadcast buffers, a collective that ranks
+        # with fewer val batches than rank 0 would never join
+        scores = evaluate(self.bare_model(), loader, self.device, self.amp_dtype)
         images_seen = self.step * self.cfg.batch_size
         result = EvalResult(
             point=self.budget.eval_steps.index(self.step) + 1, step=self.step,
@@ -329,7 +350,8 @@ class _Run:
     def restore(self) -> None:
         path = self.run_dir / CHECKPOINT
         if not path.exists():
-            log.info("no checkpoint in %s: starting from step 0", self.run_dir)
+            if self.group.is_main:
+                log.info("no checkpoint in %s: starting from step 0", self.run_dir)
             return
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)

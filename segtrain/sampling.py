@@ -6,6 +6,10 @@ on which worker loads it or where a run resumed, and a resumed run retraces an
 uninterrupted one exactly. With several processes, each takes every world-th
 draw of the same stream, so N processes see the same batches as one process
 with N times their batch size.
+
+This replaces torch's DistributedSampler on purpose: that one can only start an
+epoch from its beginning (set_epoch), so a run resumed mid-epoch would replay or
+skip images, and it carries no per-draw augmentation seed.
 """
 
 from __future__ import annotations

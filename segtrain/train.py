@@ -2,12 +2,15 @@
 
 Every TrainConfig field is a flag (--lr, --crop-size, ...); `--config FILE`
 (TOML, or a run's config.json) supplies values first, flags override them.
+Several processes: `torchrun --nproc_per_node=N -m segtrain.train ...`, where
+--batch-size is the total over them and only rank 0 logs and prints.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 import tomllib
@@ -17,6 +20,7 @@ from typing import Any
 
 from segtrain.cli import ArgumentParser, run
 from segtrain.config import TrainConfig, field_names, field_type
+from segtrain.distributed import launched_rank
 from segtrain.engine import TrainResult, train
 from segtrain.errors import ConfigError, UserError
 
@@ -71,6 +75,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    main_process = launched_rank() == 0
+    if not main_process:  # under torchrun, rank 0 speaks for all; the others report only trouble
+        logging.getLogger().setLevel(logging.WARNING)
     args = vars(build_parser().parse_args(argv))
     config_file, out, resume = args.pop("config"), args.pop("out"), args.pop("resume")
     if resume and out is None:
@@ -78,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = TrainConfig.from_dict({**(read_config_file(config_file) if config_file else {}), **args})
     out = out or Path("runs/train") / time.strftime("%Y%m%d-%H%M%S")
     result = train(cfg, run_dir=out, resume=resume)
-    print(summary(result, out))
+    if main_process:
+        print(summary(result, out))
     return 0
 
 
