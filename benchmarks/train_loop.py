@@ -72,7 +72,7 @@ def bare_loop(cfg: TrainConfig, batches: list[tuple[torch.Tensor, torch.Tensor]]
 def main() -> None:
     args = parse_args(__doc__)
     crop, batch, steps, repeats, image_size, worker_counts = \
-        (65, 2, 2, 1, 64, (0,)) if args.quick else (129, 4, 8, 5, 128, (0, 1, 2))
+        (65, 2, 2, 1, 64, (0,)) if args.quick else (129, 4, 16, 3, 128, (0, 1, 2))
     with tempfile.TemporaryDirectory() as tmp:
         voc_dir = write_synthetic_voc(tmp, train=TRAIN_IMAGES, val=1, size=image_size, classes=5, seed=0)
         cfg = loop_config(voc_dir, crop, batch, steps, workers=0)
