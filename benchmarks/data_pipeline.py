@@ -101,7 +101,7 @@ class ReferencePipeline:
 
 def main() -> None:
     args = parse_args(__doc__)
-    images, per_round, crop, repeats = (2, 2, 129, 1) if args.quick else (24, 8, 513, 31)
+    images, per_round, crop, repeats = (2, 2, 129, 1) if args.quick else (24, 8, 513, 61)
     torch.set_num_threads(1)  # one DataLoader worker = one process, one thread
     with tempfile.TemporaryDirectory() as tmp:
         voc_dir = write_voc_pairs(Path(tmp), images, width=500, height=375)

@@ -11,8 +11,9 @@ ResNet-101 (17 more blocks in layer3). For each configuration this
 - counts the training FLOPs per image (forward + backward, on the meta device:
   no compute), which do not depend on the machine;
 
-then fits a, and prints the stride and backbone factors and what they make of
-studies/voc_r50.toml's estimate. On a GPU at crops of 321-513 time follows the
+then fits a (on the two largest crops: smaller ones leave the CPU underused), and
+prints the stride and backbone factors and what they make of studies/voc_r50.toml's
+estimate. On a GPU at crops of 321-513 time follows the
 FLOPs more closely than on this CPU, so the FLOP factors are the ones to use there.
 """
 
@@ -122,14 +123,16 @@ def main() -> None:
                  for config, m in found.items()],
                 title="training cost per image (bare step, CPU; FLOPs forward + backward)")
 
-    large = [c for c in crops if c >= 129] or list(crops)  # past the fixed per-layer costs of tiny crops
+    # Small crops leave the CPU's cores underused (see GFLOP/s), which flattens the curve; the
+    # two largest crops are where throughput has levelled off, as on a GPU at crops of 321-513.
+    large = crops[-2:]
     fits = [(f"{b} OS{s}",
              exponent([(c, found[b, s, c].seconds_per_image) for c in crops]),
              exponent([(c, found[b, s, c].seconds_per_image) for c in large]),
              exponent([(c, flops[b, s, c]) for c in large]))
             for b in backbones for s in strides]
-    print_table(["series", f"a, time, crops {min(crops)}-{max(crops)}", f"a, time, {min(large)}-{max(large)}",
-                 f"a, FLOPs, {min(large)}-{max(large)}"], fits, title="cost per image ~ crop^a (least squares on logs)")
+    print_table(["series", f"a, time, crops {min(crops)}-{max(crops)}", f"a, time, {large[0]}-{large[1]}",
+                 f"a, FLOPs, {large[0]}-{large[1]}"], fits, title="cost per image ~ crop^a (least squares on logs)")
     a = median([fit[2] for fit in fits])
 
     # factors at the largest crop measured, CPU time and FLOPs; and the FLOPs at the GPU recipe's crop 513
