@@ -115,7 +115,7 @@ def main() -> None:
                 assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
 
         def alternative(pipeline) -> ForkedWorker:
-            """Images/s over all pairs, in a process of its own; call k uses round k's draws."""
+            """Images/s over one round of draws, in a process of its own; call k uses round k."""
             return ForkedWorker(lambda round_: len(draws(round_)) / timed(
                 lambda: [pipeline[item] for item in draws(round_)]))
 

@@ -59,14 +59,14 @@ def bare_loop(cfg: TrainConfig, batches: list[tuple[torch.Tensor, torch.Tensor]]
     model, optimizer, criterion = run.model, run.optimizer, run.criterion
     model.train()
 
-    def steps_() -> None:
+    def run_steps() -> None:
         for step in range(steps):
             images, masks = batches[step % len(batches)]
             loss = criterion(model(images)["out"], masks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    return steps * cfg.batch_size / timed(steps_)
+    return steps * cfg.batch_size / timed(run_steps)
 
 
 def main() -> None:
