@@ -13,7 +13,6 @@ import difflib
 import inspect
 import re
 import tomllib
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +38,8 @@ PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
     "median": optuna.pruners.MedianPruner,
     "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
     "hyperband": optuna.pruners.HyperbandPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "threshold": optuna.pruners.ThresholdPruner,  # e.g. lower = 0.05: stop what stays at background level
     "none": optuna.pruners.NopPruner,
 }
 # Where a spec's defaults differ from Optuna's; the spec's own arguments override them.
@@ -138,10 +139,7 @@ class Component:
     args: dict[str, Any]
 
     def build(self, **fixed: Any) -> Any:
-        with warnings.catch_warnings():
-            # A spec that opts into an experimental argument (TPE's group) does so on purpose.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return self.cls(**fixed, **self.args)
+        return self.cls(**fixed, **self.args)
 
     def describe(self) -> str:
         return f"{self.cls.__name__}({', '.join(f'{key}={value!r}' for key, value in self.args.items())})"
@@ -172,6 +170,10 @@ class StudySpec:
         train = {**self.train, **values}
         TrainConfig.from_dict(train)
         return dataclasses.replace(self, train=train)
+
+    def with_storage(self, url: str) -> StudySpec:
+        """A copy using another storage URL (a CLI's --storage)."""
+        return dataclasses.replace(self, study=dataclasses.replace(self.study, storage=url))
 
     def make_sampler(self, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
         """A fresh sampler seeded with [study] seed + `seed_offset`.

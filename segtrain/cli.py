@@ -24,6 +24,8 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
     name = prog or "error"
     try:
         return main(argv) or 0
+    except SystemExit as exit_:  # argparse: --help, or a bad flag already reported
+        return exit_.code if isinstance(exit_.code, int) else 2
     except ConfigError as error:
         flag = "--" + error.key.replace("_", "-")
         print(f"{name}: error: {flag}: {error.problem}", file=sys.stderr)

@@ -1,0 +1,242 @@
+"""python -m hpo.search: run or resume an Optuna study of DeepLabV3 hyperparameters.
+
+`--trials N` is the number of finished (complete or pruned) trials the study
+should hold: a rerun only runs what is missing, and several workers on one
+storage together stop at exactly N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.storages import fail_stale_trials
+from optuna.trial import TrialState
+from optuna_dashboard import save_note
+from tqdm import tqdm
+
+from hpo.objective import Objective, TrialOutOfMemory, feasible, keep_best_checkpoints
+from hpo.space import enqueue_baseline
+from hpo.spec import StudySpec, load_spec
+from hpo.storage import StudyLock, dashboard_command, open_storage, retry_callback, safe_url
+from segtrain.cli import ArgumentParser, run
+from segtrain.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STUDY = Path("studies/voc_r50.toml")
+WORKER_ENV = "DEEPLAB_HPO_WORKER"  # index of a worker started by --workers, for its sampler seed
+SEED_STRIDE = 1_000_003  # keeps the sampler seeds of parallel workers apart
+
+
+@dataclass(frozen=True)
+class Counts:
+    complete: int
+    pruned: int
+    failed: int
+    running: int
+    diverged: int
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> Counts:
+        trials = study.get_trials(deepcopy=False)
+
+        def count(state: TrialState) -> int:
+            return sum(t.state == state for t in trials)
+
+        return cls(count(TrialState.COMPLETE), count(TrialState.PRUNED), count(TrialState.FAIL),
+                   count(TrialState.RUNNING),
+                   sum(t.state == TrialState.COMPLETE and not feasible(t) for t in trials))
+
+
+def open_study(spec: StudySpec, worker: int = 0) -> optuna.Study:
+    """Create or load the study; a sampler seeded apart from earlier runs and other workers."""
+    storage = open_storage(spec.study.storage, spec.study.heartbeat_interval, spec.study.grace_period)
+    try:
+        study = optuna.create_study(storage=storage, study_name=spec.study.name, direction="maximize",
+                                    load_if_exists=True, pruner=spec.make_pruner(),
+                                    sampler=spec.make_sampler())
+    except ValueError as error:  # e.g. an existing study of that name that minimises
+        raise UserError(f"study '{spec.study.name}' in {safe_url(spec.study.storage)}: {error}") from None
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise UserError(f"study '{spec.study.name}' in {safe_url(spec.study.storage)} minimises; "
+                        f"this tool maximises mIoU: choose another [study] name")
+    study.sampler = spec.make_sampler(seed_offset=len(study.trials) + worker * SEED_STRIDE)
+    return study
+
+
+def run_search(spec: StudySpec, trials: int, timeout: float | None = None) -> optuna.Study:
+    """Run trials until the study holds `trials` finished ones (or `timeout` seconds passed)."""
+    output_dir = require_writable(spec.study.output_dir)
+    worker = int(os.environ.get(WORKER_ENV, "0"))
+    study = open_study(spec, worker)
+    lock = StudyLock(spec.study.storage, spec.study.name)
+    with lock:
+        enqueue_baseline(study, spec.baseline)
+        save_note(study, spec.to_markdown())
+    objective = Objective(spec, output_dir / "trials")
+
+    def start_trial(trial: optuna.Trial) -> float:
+        lock.release()  # Optuna has created this trial: others may count it now
+        return objective(trial)
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        log.info("%s", describe(trial, worker))
+        keep_best_checkpoints(study, output_dir / "trials", spec.study.keep_checkpoints)
+
+    started = time.monotonic()
+    with tqdm(total=trials, initial=min(trials, Counts.of(study).finished), unit="trial",
+              desc=f"study {spec.study.name}", disable=None, dynamic_ncols=True) as bar:
+        while timeout is None or time.monotonic() - started < timeout:
+            lock.acquire()
+            try:
+                fail_stale_trials(study)
+                counts = Counts.of(study)
+                if counts.finished >= trials:
+                    break
+                if counts.finished + counts.running >= trials:
+                    lock.release()  # the last trials run elsewhere; one may yet fail
+                    time.sleep(min(5, spec.study.heartbeat_interval))
+                    continue
+                study.optimize(start_trial, n_trials=1, catch=(TrialOutOfMemory,), callbacks=[after_trial])
+            except KeyboardInterrupt:
+                if objective.interrupted is not None:
+                    requeue(study, objective.interrupted)
+                raise
+            finally:
+                lock.release()
+            bar.update(min(trials, Counts.of(study).finished) - bar.n)
+    return study
+
+
+def requeue(study: optuna.Study, number: int) -> None:
+    """Queue a copy of a trial Ctrl-C failed, so the next run resumes it from its checkpoint."""
+    retry_callback()(study, next(t for t in study.get_trials(deepcopy=False) if t.number == number))
+
+
+def describe(trial: optuna.trial.FrozenTrial, worker: int = 0) -> str:
+    """One line per finished trial: its outcome and parameters."""
+    if trial.state == TrialState.COMPLETE:
+        outcome = f"mIoU {trial.value:.4f}" if feasible(trial) else trial.user_attrs.get("failure", "infeasible")
+    elif trial.state == TrialState.PRUNED:
+        outcome = f"pruned at evaluation {trial.last_step}"
+    else:
+        outcome = f"failed: {trial.user_attrs.get('failure', 'see the log above')}"
+    params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+    return f"trial {trial.number}{f' [worker {worker}]' if worker else ''}: {outcome}  ({params})"
+
+
+def summary(spec: StudySpec, study: optuna.Study) -> str:
+    counts = Counts.of(study)
+    trials = study.get_trials(deepcopy=False)
+    seconds = sum(t.user_attrs.get("seconds", 0.0) for t in trials)
+    epochs = sum(t.user_attrs.get("epochs", 0.0) for t in trials)
+    lines = [f"study {spec.study.name}: {counts.complete} complete ({counts.diverged} diverged), "
+             f"{counts.pruned} pruned, {counts.failed} failed",
+             f"compute: {seconds / 3600:.2f} trial-hours ({seconds:.0f} s), {epochs:.1f} epochs trained"]
+    try:
+        best = study.best_trial
+    except ValueError:
+        lines.append("no feasible trial has completed yet")
+    else:
+        params = ", ".join(f"{k}={_short(v)}" for k, v in best.params.items())
+        lines.append(f"best: trial {best.number}, mIoU {best.value:.4f}  ({params})")
+        baseline = next((t for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE), None)
+        if baseline is not None:
+            lines.append(f"baseline: trial {baseline.number}, mIoU {baseline.value:.4f} "
+                         f"({best.value - baseline.value:+.4f} for the best)")
+    lines.append(f"dashboard: {dashboard_command(spec.study.storage)}")
+    return "\n".join(lines)
+
+
+def require_writable(directory: Path) -> Path:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"{directory}: cannot write outputs there ({error.strerror}); "
+                        f"run from a writable directory or change [study] name") from None
+    return directory
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m hpo.search", description=__doc__.splitlines()[0])
+    parser.add_argument("--study", type=Path, default=DEFAULT_STUDY, help=f"study spec (default: {DEFAULT_STUDY})")
+    parser.add_argument("--trials", type=positive_int, default=40,
+                        help="finished (complete + pruned) trials the study should hold (default: 40)")
+    parser.add_argument("--storage", help="Optuna storage URL (default: [study] storage, or "
+                                          "sqlite:///runs/<name>/study.db)")
+    parser.add_argument("--timeout", type=positive_float, help="start no new trial after this many seconds")
+    parser.add_argument("--data-root", help="VOC root (overrides [train] data_root and $VOC_ROOT)")
+    return parser
+
+
+def load_with_overrides(args: argparse.Namespace) -> StudySpec:
+    spec = load_spec(args.study)
+    if args.data_root:
+        spec = spec.with_train(data_root=args.data_root)
+    if args.storage:
+        spec = spec.with_storage(args.storage)
+    return spec
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # see hpo/__init__.py
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours,
+    logging.getLogger("segtrain.engine").setLevel(logging.WARNING)  # not one per evaluation
+    spec = load_with_overrides(args)
+    try:
+        study = run_search(spec, args.trials, args.timeout)
+    except KeyboardInterrupt:
+        print("interrupted: the running trial is marked failed and queued to resume on the next run",
+              file=sys.stderr)
+        raise
+    print(summary(spec, study))
+    return 0
+
+
+def cli() -> None:
+    sys.exit(run(main, prog="hpo.search"))
+
+
+if __name__ == "__main__":
+    cli()

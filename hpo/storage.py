@@ -1,0 +1,143 @@
+"""Optuna storages from a URL, set up for long studies with several workers.
+
+- sqlite:///PATH: RDB storage with a busy timeout, so concurrent workers wait
+  instead of failing with "database is locked";
+- postgresql://..., mysql://...: RDB storage for several machines;
+- journal://PATH: Optuna's journal file, the documented choice for several
+  processes on one machine (and NFS, with care: see docs/distributed.md).
+
+RDB storages get a heartbeat: a trial whose worker died (SIGKILL, preemption)
+is failed after the grace period and re-queued with the same parameters.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import zlib
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+from sqlalchemy.engine import make_url
+
+from segtrain.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_SECONDS = 300
+RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
+JOURNAL_PREFIX = "journal://"
+MAX_RETRIES = 3  # a trial that kills its worker this often is not retried again
+
+
+def scheme(url: str) -> str:
+    if url.startswith(JOURNAL_PREFIX):
+        return "journal"
+    try:
+        name = make_url(url).get_backend_name()
+    except sqlalchemy.exc.ArgumentError:
+        name = url.split(":", 1)[0] if ":" in url else url
+    if name not in RDB_SCHEMES:
+        raise UserError(f"storage {safe_url(url)}: unknown scheme '{name}'; use sqlite:///PATH, "
+                        f"postgresql://USER@HOST/DB, mysql://USER@HOST/DB or journal://PATH")
+    return name
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password masked, for messages and logs."""
+    if url.startswith(JOURNAL_PREFIX):
+        return url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url.split("@", 1)[-1] if "@" in url else url
+
+
+def local_path(url: str) -> Path | None:
+    """The file behind a SQLite or journal storage (None for a database server)."""
+    kind = scheme(url)
+    if kind == "journal":
+        return Path(url[len(JOURNAL_PREFIX):])
+    if kind == "sqlite":
+        database = make_url(url).database
+        return Path(database) if database and database != ":memory:" else None
+    return None
+
+
+def open_storage(url: str, heartbeat_interval: int, grace_period: int) -> optuna.storages.BaseStorage:
+    path = local_path(url)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"storage {url}: cannot create {path.parent} ({error.strerror})") from None
+    if scheme(url) == "journal":
+        return JournalStorage(JournalFileBackend(str(path)))
+    engine_kwargs = ({"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}} if scheme(url) == "sqlite"
+                     else {"pool_pre_ping": True})
+    try:
+        return RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=retry_callback())
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as error:
+        detail = " ".join(str(error).split())[:200]
+        hint = " (pip install 'deeplab-hpo[postgres]')" if isinstance(error, ImportError) else ""
+        raise UserError(f"storage {safe_url(url)}: cannot open: {detail}{hint}") from None
+
+
+def retry_callback() -> RetryHeartbeatStaleTrialCallback:
+    """Re-queues a dead worker's trial with its parameters and reported values (experimental in Optuna)."""
+    return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES, inherit_intermediate_values=True)
+
+
+def dashboard_command(url: str) -> str:
+    """The optuna-dashboard command for this storage, bound to this machine only."""
+    target = str(local_path(url)) if scheme(url) == "journal" else safe_url(url)
+    return f"optuna-dashboard --host 127.0.0.1 --port 8080 '{target}'"
+
+
+class StudyLock:
+    """Serialises "count the trials, then start one" across all workers of a study.
+
+    Without it, workers that check the count at the same moment each start a
+    trial and the study overshoots its target. A file lock beside a SQLite or
+    journal file (the kernel drops it when a worker dies), or a PostgreSQL
+    advisory lock (dropped with the connection). MySQL: no lock, so several
+    workers may overshoot the target by a trial or two.
+
+    `release` may be called more than once: the search releases the lock as soon
+    as Optuna has created the trial, from inside the objective.
+    """
+
+    def __init__(self, url: str, study_name: str):
+        self.kind = scheme(url)
+        self.url = url
+        self.key = zlib.crc32(f"deeplab-hpo:{study_name}".encode())
+        self._release: list = []  # how to undo the current acquisition
+
+    def acquire(self) -> None:
+        path = local_path(self.url)
+        if self.kind in ("sqlite", "journal") and path is not None:
+            handle = open(path.with_name(path.name + ".lock"), "a")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            self._release.append(handle.close)  # closing the file drops the lock
+        elif self.kind == "postgresql":
+            engine = sqlalchemy.create_engine(self.url, poolclass=sqlalchemy.pool.NullPool)
+            connection = engine.connect()
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
+            self._release += [engine.dispose, connection.close]  # the session's lock ends with it
+
+    def release(self) -> None:
+        while self._release:
+            self._release.pop()()
+
+    def __enter__(self) -> StudyLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
