@@ -290,7 +290,8 @@ class _Run:
         loader = DataLoader(Subset(self.val_set, range(self.group.rank, len(self.val_set),
                                                         self.group.world_size)),
                             batch_size=self.cfg.eval_batch_size, collate_fn=pad_collate,
-                            num_workers=self.cfg.workers, pin_memory=self.cuda)
+                            num_workers=self.cfg.workers, pin_memory=self.cuda,
+                            generator=torch.Generator())  # its seed draw must not move the global RNG
         # the bare model: DDP's forward would broadcast buffers, a collective that ranks
         # with fewer val batches than rank 0 would never join
         scores = evaluate(self.bare_model(), loader, self.device, self.amp_dtype)

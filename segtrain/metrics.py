@@ -35,11 +35,13 @@ class ConfusionMatrix:
                              f"{tuple(target.shape)} differ in shape")
         target = target.to(self.matrix.device).reshape(-1)
         prediction = prediction.to(self.matrix.device).reshape(-1)
-        keep = target != self.ignore_index
-        # an id outside 0..n-1 makes bincount longer than n*n and the view below fail
-        pairs = target[keep].long() * self.num_classes + prediction[keep].long()
-        self.matrix += torch.bincount(pairs, minlength=self.num_classes ** 2).view(
-            self.num_classes, self.num_classes)
+        # pair (t, p) counts in bin 1 + t*n + p and ignored pixels in bin 0, dropped after:
+        # cheaper than boolean indexing (two compaction passes, a host sync on CUDA).
+        # An id outside 0..n-1 makes bincount longer than n*n + 1 and the view fail.
+        pairs = torch.add(prediction.long(), target.long(), alpha=self.num_classes).add_(1)
+        pairs.masked_fill_(target == self.ignore_index, 0)
+        n = self.num_classes
+        self.matrix += torch.bincount(pairs, minlength=n * n + 1)[1:].view(n, n)
 
     def merge(self, other: ConfusionMatrix) -> None:
         self.matrix += other.matrix.to(self.matrix.device)
