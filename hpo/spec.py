@@ -224,8 +224,12 @@ def _describe_data(config: TrainConfig) -> str:
             f"evaluated on `{config.val_split}`.")
 
 
-def load_spec(path: str | Path) -> StudySpec:
-    """Read and validate a study file; any problem is a one-line UserError naming file, section and key."""
+def load_spec(path: str | Path, sections: Mapping[str, dict[str, Any]] | None = None) -> StudySpec:
+    """Read and validate a study file; any problem is a one-line UserError naming file, section and key.
+
+    `sections` replace whole sections of the file (e.g. a benchmark's own [study]
+    and [pruner]) before validation, so they are checked like the file's own.
+    """
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -233,6 +237,7 @@ def load_spec(path: str | Path) -> StudySpec:
         raise UserError(f"{path}: cannot read the study spec: {error.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{path}: not valid TOML: {_one_line(error)}") from None
+    data.update(sections or {})
     for section, table in data.items():
         if section not in SECTIONS:
             raise UserError(f"{path}: [{section}]: {_unknown('section', section, SECTIONS)}")

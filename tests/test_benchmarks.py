@@ -30,7 +30,7 @@ def run_quick(name: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_benchmarks_are_there():
-    assert {"train_loop", "data_pipeline", "metrics", "scaling"} <= set(SCRIPTS)
+    assert {"train_loop", "data_pipeline", "metrics", "scaling", "pruning"} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
