@@ -12,7 +12,6 @@ import logging
 import os
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,7 +219,6 @@ def load_with_overrides(args: argparse.Namespace) -> StudySpec:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # see hpo/__init__.py
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours,
     logging.getLogger("segtrain.engine").setLevel(logging.WARNING)  # not one per evaluation
     spec = load_with_overrides(args)
