@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-TINY_TRAIN = """
+TINY_SYNTHETIC = """
 synthetic = true
 synthetic_train_images = 8
 synthetic_val_images = 4
 synthetic_image_size = 64
+"""
+
+TINY_RUN = """
 pretrained = "none"
 head_lr_multiplier = 1.0
 crop_size = 65
@@ -17,6 +20,8 @@ eval_points = 2
 workers = 0
 device = "cpu"
 """
+
+TINY_TRAIN = TINY_SYNTHETIC + TINY_RUN
 
 TINY_SPACE = """
 lr = {type = "float", low = 1e-3, high = 1e-1, log = true}
@@ -33,14 +38,15 @@ batch_size = 2
 """
 
 
-def write_spec(directory: Path, name: str, cache: Path, *, space: str = TINY_SPACE,
+def write_spec(directory: Path, name: str, cache: Path, *, train: str = TINY_TRAIN, space: str = TINY_SPACE,
                baseline: str = TINY_BASELINE, pruner: str = 'type = "median"\nn_startup_trials = 1\n'
                                                            'n_warmup_steps = 0',
                extra: str = "") -> Path:
-    """A study file in `directory`; `cache` holds the synthetic set, shared between studies."""
+    """A study file in `directory`; `cache` is [train] data_root: where the synthetic set is cached (shared
+    between studies), or a VOC root when `train` is TINY_RUN (no synthetic data)."""
     path = directory / f"{name}.toml"
     path.write_text(f'[study]\nname = "{name}"\nheartbeat_interval = 1\ngrace_period = 3\n'
-                    f'keep_checkpoints = 1\n\n[train]\ndata_root = "{cache}"\n{TINY_TRAIN}\n'
+                    f'keep_checkpoints = 1\n\n[train]\ndata_root = "{cache}"\n{train}\n'
                     f'[space]\n{space}\n[baseline]\n{baseline}\n[pruner]\n{pruner}\n'
                     f'[sampler]\nn_startup_trials = 3\n{extra}')
     return path

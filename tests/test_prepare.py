@@ -20,6 +20,7 @@ from torchvision.datasets import SBDataset
 from segtrain.cli import run
 from segtrain.data import prepare as prepare_module
 from segtrain.data.__main__ import PROG, main
+from segtrain.data.check import check_voc
 from segtrain.data.labels import VOC_PALETTE
 from segtrain.data.prepare import prepare, read_sbd_mask
 from segtrain.data.synthetic import write_synthetic_voc
@@ -266,3 +267,44 @@ def test_cli_missing_input_exits_2_with_one_line(tmp_path, capsys):
     assert run(main, ["prepare", "--root", str(tmp_path)], prog=PROG) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{tmp_path / 'VOCdevkit' / 'VOC2012'} not found" in err
+
+
+def test_check_after_prepare_finds_no_problems(trees):
+    prepare(trees.root, progress=False)
+    result = check_voc(trees.voc_dir, progress=False)
+    assert result.problems == [] and result.absent == []
+    assert result.splits["train_aug"].images == 6 and result.splits["train_aug"].pixels.sum() == 6 * SIZE * SIZE
+
+
+def test_check_reports_train_aug_gaps_and_val_overlap_one_line_each(trees):
+    prepare(trees.root, progress=False)
+    aug_dir = trees.voc_dir / "SegmentationClassAug"
+    for image_id in ("2008_000001", "2008_000002"):
+        (aug_dir / f"{image_id}.png").unlink()
+    (trees.voc_dir / "JPEGImages" / "2009_000003.jpg").unlink()  # an SBD-only id: no other split lists it
+    for image_id in trees.voc_val:  # as in the 12,031-mask SegmentationClassAug archives, which include val
+        shutil.copy(trees.voc_dir / "SegmentationClass" / f"{image_id}.png", aug_dir)
+    list_file = trees.voc_dir / "ImageSets/Segmentation/train_aug.txt"
+    list_file.write_text(list_file.read_text() + "".join(f"{image_id}\n" for image_id in trees.voc_val))
+
+    result = check_voc(trees.voc_dir, progress=False)
+    val = ", ".join(sorted(trees.voc_val))
+    fix = f": rebuild it with `python -m segtrain.data prepare --root {trees.root}`"
+    assert result.problems == [
+        f"{list_file} lists 2 ids (2008_000001, 2008_000002) with no file in {aug_dir}/{fix}",
+        f"{list_file} lists 1 id (2009_000003) with no file in {trees.voc_dir / 'JPEGImages'}/{fix}",
+        f"{list_file} lists 2 ids ({val}) that val.txt lists too (training on val images inflates val mIoU; "
+        f"train_aug must leave out every val id){fix}",
+    ]
+    summary = result.splits["train_aug"]
+    assert summary.images == 8 and summary.pixels.sum() == 5 * SIZE * SIZE  # the 5 ids with both files are read
+
+
+def test_check_cli_without_aug_masks_exits_2_with_a_count(trees, capsys):
+    prepare(trees.root, progress=False)
+    shutil.rmtree(trees.voc_dir / "SegmentationClassAug")
+    assert run(main, ["check", "--root", str(trees.root)], prog=PROG) == 2
+    output = capsys.readouterr().out
+    shown = ", ".join(trees.train_aug[:5])
+    assert "1 problem(s):" in output
+    assert f"lists 6 ids ({shown}, ...) with no file in {trees.voc_dir / 'SegmentationClassAug'}/" in output

@@ -13,11 +13,13 @@ import numpy as np
 from tqdm import tqdm
 
 from segtrain.data.labels import CLASS_NAMES, IGNORE_INDEX
-from segtrain.data.voc import (SPLITS, image_path, mask_path, read_image, read_mask, read_split_ids,
+from segtrain.data.voc import (SPLITS, image_path, mask_dir, mask_path, read_image, read_mask, read_split_ids,
                                require_same_size, split_file)
 from segtrain.errors import DataError
 
 OPTIONAL_SPLITS = ("train_aug",)  # needs SBD; a VOC tree without it is complete
+_AUG = "train_aug"
+EXAMPLES = 5  # ids shown per train_aug problem
 
 
 @dataclass
@@ -84,13 +86,54 @@ def check_voc(voc_dir: Path, progress: bool | None = None) -> CheckResult:
         except DataError as error:
             result.problems.append(str(error))
             continue
+        listed = len(ids)
+        if split == _AUG:
+            ids = _check_train_aug(result, ids)  # reads only the ids whose files exist
         pixels = np.zeros(256, dtype=np.int64)
         for image_id in tqdm(ids, desc=f"checking {split}", unit="image", disable=_disable(progress)):
             counts = reader.pixels(split, image_id)
             if counts is not None:
                 pixels += counts
-        result.splits[split] = SplitSummary(len(ids), pixels)
+        result.splits[split] = SplitSummary(listed, pixels)
     return result
+
+
+def _check_train_aug(result: CheckResult, ids: list[str]) -> list[str]:
+    """Record train_aug's own problems, one line each: ids without a mask or an image, ids shared with val.
+
+    A train_aug assembled by hand often misses thousands of masks or still holds val
+    images; a count and a few ids say more than a line per file. Returns the ids whose
+    files exist, to be read like any other split's.
+    """
+    voc_dir = result.voc_dir
+    list_file = split_file(voc_dir, _AUG)
+    fix = f"rebuild it with `python -m segtrain.data prepare --root {_prepare_root(voc_dir)}`"
+    no_mask = [image_id for image_id in ids if not mask_path(voc_dir, _AUG, image_id).is_file()]
+    no_image = [image_id for image_id in ids if not image_path(voc_dir, image_id).is_file()]
+    for without, folder in ((no_mask, mask_dir(voc_dir, _AUG)), (no_image, voc_dir / "JPEGImages")):
+        if without:
+            result.problems.append(f"{list_file} lists {_some(without)} with no file in {folder}/: {fix}")
+    try:
+        val = set(read_split_ids(voc_dir, "val"))
+    except DataError:
+        val = set()  # already reported with the val split
+    shared = sorted(set(ids) & val)
+    if shared:
+        result.problems.append(f"{list_file} lists {_some(shared)} that val.txt lists too (training on val images "
+                               f"inflates val mIoU; train_aug must leave out every val id): {fix}")
+    missing = set(no_mask) | set(no_image)
+    return [image_id for image_id in ids if image_id not in missing]
+
+
+def _some(ids: list[str]) -> str:
+    """`1 id (a)` or `1,234 ids (a, b, c, d, e, ...)`."""
+    shown = ", ".join(ids[:EXAMPLES]) + (", ..." if len(ids) > EXAMPLES else "")
+    return f"{len(ids):,} id{'s' if len(ids) > 1 else ''} ({shown})"
+
+
+def _prepare_root(voc_dir: Path) -> str:
+    """The --root prepare wants (the folder holding VOCdevkit/), when the tree is laid out that way."""
+    return str(voc_dir.parent.parent) if voc_dir.parent.name == "VOCdevkit" else "DIR (the folder holding VOCdevkit/)"
 
 
 def _disable(progress: bool | None) -> bool | None:
