@@ -33,14 +33,14 @@ batch_size = 2
 """
 
 
-def write_spec(directory: Path, name: str, cache: Path, *, space: str = TINY_SPACE,
+def write_spec(directory: Path, name: str, cache: Path, *, train: str = TINY_TRAIN, space: str = TINY_SPACE,
                baseline: str = TINY_BASELINE, pruner: str = 'type = "median"\nn_startup_trials = 1\n'
                                                            'n_warmup_steps = 0',
                extra: str = "") -> Path:
     """A study file in `directory`; `cache` holds the synthetic set, shared between studies."""
     path = directory / f"{name}.toml"
     path.write_text(f'[study]\nname = "{name}"\nheartbeat_interval = 1\ngrace_period = 3\n'
-                    f'keep_checkpoints = 1\n\n[train]\ndata_root = "{cache}"\n{TINY_TRAIN}\n'
+                    f'keep_checkpoints = 1\n\n[train]\ndata_root = "{cache}"\n{train}\n'
                     f'[space]\n{space}\n[baseline]\n{baseline}\n[pruner]\n{pruner}\n'
                     f'[sampler]\nn_startup_trials = 3\n{extra}')
     return path
