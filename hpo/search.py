@@ -25,7 +25,7 @@ from tqdm import tqdm
 from hpo.objective import Objective, TrialOutOfMemory, feasible, keep_best_checkpoints
 from hpo.space import enqueue_baseline
 from hpo.spec import StudySpec, load_spec
-from hpo.storage import StudyLock, dashboard_command, open_storage, retry_callback, safe_url
+from hpo.storage import StudyLock, dashboard_command, local_path, open_storage, retry_callback, safe_url
 from segtrain.cli import ArgumentParser, run
 from segtrain.errors import UserError
 
@@ -74,6 +74,22 @@ def open_study(spec: StudySpec, worker: int = 0) -> optuna.Study:
                         f"this tool maximises mIoU: choose another [study] name")
     study.sampler = spec.make_sampler(seed_offset=len(study.trials) + worker * SEED_STRIDE)
     return study
+
+
+def open_existing_study(spec: StudySpec) -> optuna.Study:
+    """Load the spec's study, which must exist already (e.g. for finalize); never creates one."""
+    url = spec.study.storage
+    path = local_path(url)
+    if path is not None and not path.exists():
+        raise UserError(f"{spec.path}: no study database at {path}; run the search first: "
+                        f"python -m hpo.search --study {spec.path} (or pass --storage URL)")
+    storage = open_storage(url, spec.study.heartbeat_interval, spec.study.grace_period)
+    try:
+        return optuna.load_study(study_name=spec.study.name, storage=storage)
+    except KeyError:
+        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
+        raise UserError(f"{spec.path}: no study '{spec.study.name}' in {safe_url(url)} (it holds: {names}); "
+                        f"run python -m hpo.search --study {spec.path}, or pass the right --storage URL") from None
 
 
 def run_search(spec: StudySpec, trials: int, timeout: float | None = None) -> optuna.Study:
@@ -138,11 +154,16 @@ def describe(trial: optuna.trial.FrozenTrial, worker: int = 0) -> str:
 
 
 def summary(spec: StudySpec, study: optuna.Study) -> str:
+    return "\n".join([*summary_lines(study), f"dashboard: {dashboard_command(spec.study.storage)}"])
+
+
+def summary_lines(study: optuna.Study) -> list[str]:
+    """What the study holds: trial counts, compute, the best trial and the baseline."""
     counts = Counts.of(study)
     trials = study.get_trials(deepcopy=False)
     seconds = sum(t.user_attrs.get("seconds", 0.0) for t in trials)
     epochs = sum(t.user_attrs.get("epochs", 0.0) for t in trials)
-    lines = [f"study {spec.study.name}: {counts.complete} complete ({counts.diverged} diverged), "
+    lines = [f"study {study.study_name}: {counts.complete} complete ({counts.diverged} diverged), "
              f"{counts.pruned} pruned, {counts.failed} failed",
              f"compute: {seconds / 3600:.2f} trial-hours ({seconds:.0f} s), {epochs:.1f} epochs trained"]
     try:
@@ -156,8 +177,7 @@ def summary(spec: StudySpec, study: optuna.Study) -> str:
         if baseline is not None:
             lines.append(f"baseline: trial {baseline.number}, mIoU {baseline.value:.4f} "
                          f"({best.value - baseline.value:+.4f} for the best)")
-    lines.append(f"dashboard: {dashboard_command(spec.study.storage)}")
-    return "\n".join(lines)
+    return lines
 
 
 def require_writable(directory: Path) -> Path:

@@ -94,10 +94,12 @@ def retry_callback() -> RetryHeartbeatStaleTrialCallback:
     return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES, inherit_intermediate_values=True)
 
 
-def dashboard_command(url: str) -> str:
-    """The optuna-dashboard command for this storage, bound to this machine only."""
+def dashboard_command(url: str, artifact_dir: Path | None = None) -> str:
+    """The optuna-dashboard command for this storage, bound to this machine only;
+    with `artifact_dir`, the dashboard also shows the files attached to the study there."""
     target = str(local_path(url)) if scheme(url) == "journal" else safe_url(url)
-    return f"optuna-dashboard --host 127.0.0.1 --port 8080 '{target}'"
+    artifacts = f" --artifact-dir '{artifact_dir}'" if artifact_dir is not None else ""
+    return f"optuna-dashboard --host 127.0.0.1 --port 8080{artifacts} '{target}'"
 
 
 class StudyLock:

@@ -1,0 +1,337 @@
+"""hpo.finalize end to end on a tiny synthetic study: top-2 over 2 seeds, the baseline, ResNet-101
+pretrained (a local state_dict) vs scratch; resume after Ctrl-C; outputs; weights unavailable; bad input.
+
+The search (2 trials) and the finalize runs happen once, in module fixtures; the tests read what
+they left. A run trains 2 steps on 4 images of 32 px and evaluates twice on 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import re
+import tomllib
+from pathlib import Path
+from urllib.error import URLError
+
+import optuna
+import pytest
+import torch
+import torchvision.models._api
+from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
+from optuna.trial import TrialState
+from optuna_dashboard import get_note
+from torchvision.models import resnet101
+
+import hpo.finalize
+import hpo.search
+import segtrain.engine
+from hpo.finalize import cli, main
+from search_helpers import write_spec
+from segtrain.cli import run
+from segtrain.engine import CHECKPOINT, train
+
+TRAIN = """
+synthetic = true
+synthetic_train_images = 4
+synthetic_val_images = 2
+synthetic_image_size = 32
+pretrained = "none"
+head_lr_multiplier = 1.0
+crop_size = 33
+batch_size = 2
+epochs = 1.0
+eval_points = 2
+workers = 0
+device = "cpu"
+"""
+SPACE = """
+lr = {type = "float", low = 1e-3, high = 1e-1, log = true}
+optimizer = {type = "categorical", choices = ["sgd", "adam"]}
+momentum = {type = "float", low = 0.8, high = 0.95, when = {optimizer = "sgd"}}
+"""
+BASELINE = 'lr = 0.02\noptimizer = "sgd"\nmomentum = 0.9'
+FINALIZE = "\n[finalize]\ntop_k = 2\nseeds = [0, 1]\nepochs = 1.0\n"
+CONFIGURATIONS = ["top-1", "top-2", "r101-imagenet", "r101-scratch"]  # the baseline is one of the 2 trials
+FINAL = Path("runs/fin/final")
+OUTPUTS = ("report.md", "results.csv", "results.json", "per_class_iou.csv", "figures.html")
+
+
+def quiet(argv: list[str]) -> tuple[int, str, str]:
+    """run(main, argv): exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run(main, argv, prog="hpo.finalize")
+    return code, out.getvalue(), err.getvalue()
+
+
+def rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """The module's cwd (runs/ goes there), and one intra-op thread: on tensors this small a second
+    thread gains nothing, and on a shared 2-core machine its spin-waits made each run ~4x slower."""
+    directory = tmp_path_factory.mktemp("finalize")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(directory)
+            (directory / "runs" / "empty").mkdir(parents=True)
+            yield directory
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def spec(workdir) -> Path:
+    """A searched study: the baseline and one sampled trial, both complete."""
+    path = write_spec(workdir, "fin", workdir / "cache", train=TRAIN, space=SPACE, baseline=BASELINE,
+                      pruner='type = "none"', extra=FINALIZE)
+    assert run(hpo.search.main, ["--study", str(path), "--trials", "2"]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def weights(workdir) -> Path:
+    """A ResNet-101 state_dict standing in for ImageNet weights (seeded, so not what a fresh model holds)."""
+    torch.manual_seed(1234)
+    path = workdir / "resnet101-local.pth"
+    torch.save(resnet101().state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finalized(spec, weights):
+    """finalize interrupted (Ctrl-C) inside its third run, then run again to the end.
+
+    Returns what each invocation trained, the models built, the output and the files written.
+    """
+    first, second, built = [], [], []
+
+    def interrupt(result):
+        raise KeyboardInterrupt
+
+    def record(calls):
+        def fake_train(cfg, **kwargs):
+            calls.append((cfg, kwargs["resume"]))
+            if calls is first and len(first) == 3:  # after its first evaluation, so a checkpoint exists
+                return train(cfg, on_eval=interrupt, **kwargs)
+            return train(cfg, **kwargs)
+        return fake_train
+
+    build_model = segtrain.engine.build_model
+
+    def record_model(backbone, output_stride, num_classes, pretrained, aux_loss):
+        model = build_model(backbone, output_stride, num_classes, pretrained, aux_loss)
+        built.append((backbone, pretrained, {k: v.clone() for k, v in model.backbone.state_dict().items()}))
+        return model
+
+    argv = ["--study", str(spec), "--pretrained-weights", str(weights)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(segtrain.engine, "build_model", record_model)
+        patch.setattr(hpo.finalize, "train", record(first))
+        interrupted = quiet(argv)
+        after_interrupt = {p.parent.parent.name.rsplit("-", 1)[0] + "/" + p.parent.name: p.name
+                           for p in sorted(FINAL.glob("*/seed-*/*")) if p.name in ("result.json", CHECKPOINT)}
+        patch.setattr(hpo.finalize, "train", record(second))
+        completed = quiet(argv)
+    return {"first": first, "second": second, "built": built, "interrupted": interrupted,
+            "after_interrupt": after_interrupt, "completed": completed,
+            "files": {name: (FINAL / name).read_text() for name in OUTPUTS}}
+
+
+def test_ctrl_c_keeps_finished_runs_and_the_rerun_trains_only_what_is_missing(finalized):
+    code, _, err = finalized["interrupted"]
+    assert code == 130 and "interrupted" in err
+    first, second = finalized["first"], finalized["second"]
+    assert len(first) == 3
+    # top-1's two seeds finished; top-2 seed 0 stopped after its first evaluation, with a checkpoint
+    assert finalized["after_interrupt"] == {"top-1/seed-0": "result.json", "top-1/seed-1": "result.json",
+                                            "top-2/seed-0": CHECKPOINT}
+    assert finalized["completed"][0] == 0
+    assert second[0] == (first[2][0], True)  # the interrupted run resumes from its checkpoint
+    assert all(not resume for _, resume in second[1:])  # the rest start fresh
+    trained = [cfg for cfg, _ in second]
+    assert first[0][0] not in trained and first[1][0] not in trained  # finished runs are reused
+    assert len(second) == 2 * len(CONFIGURATIONS) - 2
+    assert sorted((cfg.backbone, cfg.seed) for cfg in trained) == \
+        [("resnet101", 0), ("resnet101", 0), ("resnet101", 1), ("resnet101", 1), ("resnet50", 0), ("resnet50", 1)]
+
+
+def test_results_hold_every_run_and_each_configuration_mean_and_std(finalized, spec):
+    records = rows(finalized["files"]["results.csv"])
+    runs = [r for r in records if r["kind"] == "run"]
+    means = [r for r in records if r["kind"] == "mean"]
+    assert [(r["configuration"], r["seed"]) for r in runs] == [(c, s) for c in CONFIGURATIONS for s in "01"]
+    assert [r["configuration"] for r in means] == CONFIGURATIONS
+    assert all(r["status"] == "ok" for r in records)
+    for mean in means:
+        own = [r for r in runs if r["configuration"] == mean["configuration"]]
+        values = [float(r["miou"]) for r in own]
+        assert float(mean["miou"]) == pytest.approx(sum(values) / 2)
+        assert float(mean["miou_std"]) == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
+        assert mean["runs"] == "2"
+        for column in ("pixel_accuracy", "seconds", "images_per_second", "peak_memory_bytes", "parameters"):
+            assert float(mean[column]) > 0 and mean[f"{column}_std"] != ""
+    for run_row in runs:  # each row is its run dir's result
+        result = json.loads((Path(run_row["run_dir"]) / "result.json").read_text())
+        assert float(run_row["miou"]) == result["final_miou"] and int(run_row["parameters"]) == result["parameters"]
+    data = json.loads(finalized["files"]["results.json"])
+    assert [c["configuration"] for c in data["configurations"]] == CONFIGURATIONS
+    assert len(data["runs"]) == 8 and all(len(r["history"]) == 2 for r in data["runs"])
+    assert data["seeds"] == [0, 1] and data["epochs"] == 1.0
+    per_class = rows(finalized["files"]["per_class_iou.csv"])
+    assert {r["configuration"] for r in per_class} == set(CONFIGURATIONS) and "background" in per_class[0]
+
+
+def test_top_k_are_the_best_distinct_trials_and_the_baseline_merges_with_its_trial(finalized, spec):
+    study = optuna.load_study(study_name="fin", storage="sqlite:///runs/fin/study.db")
+    # best mIoU first; on a tie (likely on data this small), the cheaper trial first
+    ranked = sorted(study.get_trials(states=(TrialState.COMPLETE,)),
+                    key=lambda t: (-t.value, t.user_attrs["seconds"]))
+    data = json.loads(finalized["files"]["results.json"])
+    tops = data["configurations"][:2]
+    assert [c["trial"] for c in tops] == [t.number for t in ranked]
+    assert [c["params"] for c in tops] == [t.params for t in ranked]
+    baseline = next(c for c in tops if c["trial"] == 0)
+    assert baseline["roles"] == ["top", "baseline"] and baseline["description"].endswith("= baseline")
+    r101 = {c["configuration"]: c["config"] for c in data["configurations"][2:]}
+    for config in r101.values():  # the best trial's hyperparameters on ResNet-101, same budget
+        assert config["backbone"] == "resnet101" and config["lr"] == ranked[0].params["lr"]
+        assert config["epochs"] == 1.0
+    assert r101["r101-scratch"]["pretrained"] is None
+
+
+def test_the_pretrained_resnet101_starts_from_the_given_weights(finalized, weights):
+    saved = torch.load(weights, weights_only=True)
+    pretrained = [state for backbone, source, state in finalized["built"] if source == str(weights)]
+    scratch = [state for backbone, source, state in finalized["built"] if backbone == "resnet101" and source is None]
+    assert len(pretrained) == 2 and len(scratch) == 2  # one per seed (the second invocation built them)
+    for state in pretrained:
+        assert all(torch.equal(state[key], saved[key]) for key in state if key in saved)
+        assert state["layer1.0.bn3.weight"].abs().sum() > 0
+    for state in scratch:  # a fresh ResNet zero-initialises each block's last BatchNorm
+        assert not torch.equal(state["conv1.weight"], saved["conv1.weight"])
+        assert state["layer1.0.bn3.weight"].abs().sum() == 0
+
+
+def test_report_has_the_table_search_summary_importance_comparison_and_published_figures(finalized):
+    report = finalized["files"]["report.md"]
+    data = json.loads(finalized["files"]["results.json"])
+    means = {c["configuration"]: c for c in data["configurations"]}
+    for name in CONFIGURATIONS:
+        assert re.search(rf"^\| {name} +\| .*\| 2/2 +\| {means[name]['miou']:.4f} ± ", report, re.M), name
+    difference = means["r101-imagenet"]["miou"] - means["r101-scratch"]["miou"]
+    verb = "adds" if difference >= 0 else "costs"
+    assert f"ImageNet pretraining {verb} {abs(difference):.4f} mIoU at this budget (1 epochs)" in report
+    assert "## Search summary" in report and "study fin: 2 complete (0 diverged), 0 pruned, 0 failed" in report
+    importance = report.split("## Parameter importance")[1].split("##")[0]
+    assert "get_param_importances" in importance
+    assert re.search(r"^\| 1 +\| (lr|optimizer|momentum) +\| \d\.\d{3} +\|", importance, re.M)
+    published = report.split("## Published reference figures (not measured here)")[1]
+    assert "77.21" in published and "arxiv.org/abs/1706.05587" in published and "synthetic" in published
+    link = re.search(r"\[docs/results.md\]\(([^)]+)\)", published).group(1)
+    assert (FINAL / link).resolve() == hpo.report.DOCS_RESULTS
+    assert "[figures.html](figures.html)" in report and "PNG figures" in report
+
+
+def test_terminal_table_is_aligned(finalized):
+    _, out, _ = finalized["completed"]
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(CONFIGURATIONS)
+    assert len({len(line) for line in table}) == 1
+    assert [line.split("|")[1].strip() for line in table[2:]] == CONFIGURATIONS
+    assert "ImageNet pretraining" in out and "PNG figures" in out and "--artifact-dir" in out
+
+
+def test_figures_html_is_self_contained_and_holds_the_figures_data(finalized):
+    page = finalized["files"]["figures.html"]
+    assert page.count("Plotly.newPlot(") == 6 and "<script src=" not in page  # plotly.js inlined, once
+    for figure_id in ("optimization-history", "param-importances", "parallel-coordinate", "slice",
+                      "learning-curves", "per-class-iou"):
+        assert f'id="{figure_id}"' in page
+    study = optuna.load_study(study_name="fin", storage="sqlite:///runs/fin/study.db")
+    for trial in study.trials:
+        assert json.dumps(trial.value) in page and json.dumps(trial.params["lr"]) in page
+    data = json.loads(finalized["files"]["results.json"])
+    for run_record in data["runs"]:
+        assert f'"name":"{run_record["configuration"]} seed {run_record["seed"]}"' in page
+        assert all(json.dumps(h["miou"]) in page for h in run_record["history"])
+    assert '"background"' in page
+
+
+def test_report_and_figures_are_attached_to_the_study(finalized):
+    study = optuna.load_study(study_name="fin", storage="sqlite:///runs/fin/study.db")
+    metas = get_all_artifact_meta(study)
+    assert sorted(m.filename for m in metas) == sorted(OUTPUTS)  # once each: the interrupted run attached none
+    store = FileSystemArtifactStore("runs/fin/artifacts")
+    report = next(m for m in metas if m.filename == "report.md")
+    with store.open_reader(report.artifact_id) as reader:
+        assert reader.read().decode() == finalized["files"]["report.md"]
+    note = get_note(study)
+    assert "Study `fin`" in note and "## Final results" in note and "r101-scratch" in note
+
+
+def test_console_script_is_this_cli():
+    scripts = tomllib.loads(Path(__file__).parents[1].joinpath("pyproject.toml").read_text())["project"]["scripts"]
+    module, function = scripts["hpo-finalize"].split(":")
+    assert module == "hpo.finalize" and getattr(hpo.finalize, function) is cli
+
+
+def test_weights_unavailable_is_that_rows_status_and_everything_else_completes(finalized, spec, monkeypatch):
+    def offline(*args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    calls = []
+
+    def record(cfg, **kwargs):
+        calls.append(cfg)
+        return train(cfg, **kwargs)
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(hpo.finalize, "train", record)
+    code, out, _ = quiet(["--study", str(spec)])  # no --pretrained-weights: torchvision's download
+    assert code == 0
+    assert [(cfg.pretrained, cfg.seed) for cfg in calls] == [("imagenet", 0)]  # tried once, nothing retrained
+    records = {(r["configuration"], r["seed"]): r for r in rows((FINAL / "results.csv").read_text())}
+    for seed in ("0", "1", "mean"):
+        assert records["r101-imagenet", seed]["status"].startswith(
+            "weights unavailable: cannot download ImageNet weights"), records["r101-imagenet", seed]
+        assert records["r101-imagenet", seed]["miou"] == ""
+    assert all(records[name, "mean"]["status"] == "ok" for name in ("top-1", "top-2", "r101-scratch"))
+    report = (FINAL / "report.md").read_text()
+    assert re.search(r"^\| r101-imagenet .*\| 0/2 .*\| weights unavailable: cannot download", report, re.M)
+    assert "No ResNet-101 comparison: the ImageNet-pretrained run has no result (weights unavailable" in report
+    assert "--pretrained-weights PATH" in report
+    assert re.search(r"^\| r101-imagenet .*weights unavailable", out, re.M)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--top-k", "0"], "--top-k: must be >= 1, got 0"),
+    (["--seeds", "1", "1"], "--seeds: must not repeat a seed, got [1, 1]"),
+    (["--epochs", "0"], "--epochs: must be > 0, got 0.0"),
+    (["--seeds", "one"], "argument --seeds: invalid int value: 'one'"),
+    (["--pretrained-weights", "missing.pth"], "--pretrained-weights missing.pth: no such file"),
+    (["--pretrained-weights", "foreign.pth"], "--pretrained-weights foreign.pth: does not fit this backbone"),
+    (["--storage", "sqlite:///runs/nowhere/study.db"], "no study database at runs/nowhere/study.db"),
+    (["--storage", "sqlite:///runs/empty/study.db"], "no study 'fin' in sqlite:///runs/empty/study.db "
+                                                     "(it holds: empty)"),
+    (["--storage", "sqlite:///runs/empty/study.db", "--study", "empty.toml"],
+     "study 'empty' in sqlite:///runs/empty/study.db has no complete feasible trial"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, words, spec, workdir):
+    torch.save({"conv1.weight": torch.zeros(1)}, workdir / "foreign.pth")
+    empty = optuna.create_study(study_name="empty", storage="sqlite:///runs/empty/study.db",
+                                direction="maximize", load_if_exists=True)
+    if not empty.trials:
+        empty.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))
+    (workdir / "empty.toml").write_text(spec.read_text().replace('name = "fin"', 'name = "empty"'))
+    argv = argv if "--study" in argv else ["--study", str(spec), *argv]
+    code, _, err = quiet(argv)
+    assert code == 2 and words in err and err.count("\n") == 1, err
+    assert not Path("runs/nowhere").exists()
