@@ -62,8 +62,9 @@ def imagenet_state_dict(weights) -> dict[str, torch.Tensor]:
         reason = getattr(error, "reason", error)
         raise WeightsError(
             f"cannot download ImageNet weights {weights.url} ({reason}); offline? "
-            f"download that file elsewhere and pass its path as --pretrained PATH, "
-            f"or train from scratch with --pretrained none") from None
+            f"download that file elsewhere and give its local path instead of 'imagenet' "
+            f"(segtrain.train --pretrained PATH, hpo.finalize --pretrained-weights PATH), "
+            f"or train from scratch ('none')") from None
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

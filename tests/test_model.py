@@ -94,7 +94,7 @@ def test_offline_imagenet_download_is_a_clear_error(monkeypatch):
         raise URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
-    with pytest.raises(WeightsError, match="offline.*--pretrained PATH"):
+    with pytest.raises(WeightsError, match="offline.*--pretrained PATH, hpo.finalize --pretrained-weights PATH"):
         build_model("resnet101", 16, pretrained="imagenet")
 
 
