@@ -31,6 +31,8 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 300
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
 JOURNAL_PREFIX = "journal://"
 MAX_RETRIES = 3  # a trial that kills its worker this often is not retried again
+# StudyLock's file beside a SQLite or journal file; not "<file>.lock", which is Optuna's own journal lock
+LOCK_SUFFIX = ".hpo-lock"
 
 
 def scheme(url: str) -> str:
@@ -105,7 +107,7 @@ class StudyLock:
 
     Without it, workers that check the count at the same moment each start a
     trial and the study overshoots its target. A file lock beside a SQLite or
-    journal file (the kernel drops it when a worker dies), or a PostgreSQL
+    journal file (<file>.hpo-lock; the kernel drops it when a worker dies), or a PostgreSQL
     advisory lock (dropped with the connection). MySQL: no lock, so several
     workers may overshoot the target by a trial or two.
 
@@ -122,7 +124,7 @@ class StudyLock:
     def acquire(self) -> None:
         path = local_path(self.url)
         if self.kind in ("sqlite", "journal") and path is not None:
-            handle = open(path.with_name(path.name + ".lock"), "a")
+            handle = open(path.with_name(path.name + LOCK_SUFFIX), "a")
             fcntl.flock(handle, fcntl.LOCK_EX)
             self._release.append(handle.close)  # closing the file drops the lock
         elif self.kind == "postgresql":
