@@ -69,13 +69,19 @@ def local_path(url: str) -> Path | None:
     return None
 
 
-def open_storage(url: str, heartbeat_interval: int, grace_period: int) -> optuna.storages.BaseStorage:
+def local_path_made(url: str) -> Path | None:
+    """local_path(url), its folder created if missing."""
     path = local_path(url)
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UserError(f"storage {url}: cannot create {path.parent} ({error.strerror})") from None
+    return path
+
+
+def open_storage(url: str, heartbeat_interval: int, grace_period: int) -> optuna.storages.BaseStorage:
+    path = local_path_made(url)
     if scheme(url) == "journal":
         return JournalStorage(JournalFileBackend(str(path)))
     engine_kwargs = ({"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}} if scheme(url) == "sqlite"
@@ -122,7 +128,7 @@ class StudyLock:
         self._release: list = []  # how to undo the current acquisition
 
     def acquire(self) -> None:
-        path = local_path(self.url)
+        path = local_path_made(self.url)
         if self.kind in ("sqlite", "journal") and path is not None:
             handle = open(path.with_name(path.name + LOCK_SUFFIX), "a")
             fcntl.flock(handle, fcntl.LOCK_EX)
