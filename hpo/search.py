@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import sys
 import time
 import warnings
@@ -20,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 from optuna_dashboard import save_note
 from tqdm import tqdm
@@ -28,7 +26,8 @@ from tqdm import tqdm
 from hpo.objective import Objective, TrialOutOfMemory, feasible, keep_best_checkpoints
 from hpo.space import enqueue_baseline
 from hpo.spec import StudySpec, load_spec
-from hpo.storage import StudyLock, dashboard_command, open_storage, retry_callback, safe_url
+from hpo.storage import (WORKER_ATTR, StudyLock, dashboard_command, fail_dead_trials, open_storage,
+                         retry_callback, safe_url, worker_id)
 from hpo.workers import WORKER_ENV, run_workers
 from segtrain.cli import ArgumentParser, run
 from segtrain.data import require_splits
@@ -112,11 +111,11 @@ def run_search(spec: StudySpec, trials: int, timeout: float | None = None) -> op
     output_dir = spec.study.output_dir
     lock = StudyLock(spec.study.storage, spec.study.name)
     objective = Objective(spec, output_dir / "trials")
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    worker = worker_id()
 
     def start_trial(trial: optuna.Trial) -> float:
+        trial.set_user_attr(WORKER_ATTR, worker)  # before others see the trial: a retry's is its dead worker's
         lock.release()  # Optuna has created this trial: others may count it now
-        trial.set_user_attr("worker", worker)  # host:pid, to tell which process ran it
         return objective(trial)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -129,7 +128,7 @@ def run_search(spec: StudySpec, trials: int, timeout: float | None = None) -> op
         while timeout is None or time.monotonic() - started < timeout:
             lock.acquire()
             try:
-                fail_stale_trials(study)
+                fail_dead_trials(study, spec.study.storage)
                 counts = Counts.of(study)
                 if counts.finished >= trials:
                     break

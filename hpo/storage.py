@@ -7,20 +7,25 @@
   processes on one machine (and NFS, with care: see docs/distributed.md).
 
 RDB storages get a heartbeat: a trial whose worker died (SIGKILL, preemption)
-is failed after the grace period and re-queued with the same parameters.
+is failed after the grace period and re-queued with the same parameters. A
+journal has no heartbeat; there a trial whose worker ran on this machine and is
+gone is failed and re-queued (fail_dead_trials).
 """
 
 from __future__ import annotations
 
 import fcntl
 import logging
+import os
+import socket
 import zlib
 from pathlib import Path
 
 import optuna
 import sqlalchemy
-from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from segtrain.errors import UserError
@@ -33,6 +38,7 @@ JOURNAL_PREFIX = "journal://"
 MAX_RETRIES = 3  # a trial that kills its worker this often is not retried again
 # StudyLock's file beside a SQLite or journal file; not "<file>.lock", which is Optuna's own journal lock
 LOCK_SUFFIX = ".hpo-lock"
+WORKER_ATTR = "worker"  # user attr of a trial: the host:pid of the process running it
 
 
 def scheme(url: str) -> str:
@@ -100,6 +106,38 @@ def open_storage(url: str, heartbeat_interval: int, grace_period: int) -> optuna
 def retry_callback() -> RetryHeartbeatStaleTrialCallback:
     """Re-queues a dead worker's trial with its parameters and reported values (experimental in Optuna)."""
     return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES, inherit_intermediate_values=True)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def fail_dead_trials(study: optuna.Study, url: str) -> None:
+    """Fail, and queue again, the running trials whose worker died. Call it under the StudyLock.
+
+    RDB storages: the trials whose heartbeat stopped for the grace period. A journal has no
+    heartbeat: the trials whose worker ran on this machine and is gone (any other would run
+    forever, and the study never reach its target).
+    """
+    fail_stale_trials(study)
+    if scheme(url) != "journal":
+        return
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, _, pid = trial.user_attrs.get(WORKER_ATTR, "").rpartition(":")
+        if host == socket.gethostname() and pid.isdigit() and not process_exists(int(pid)):
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            log.warning("trial %d: its worker (process %s) is gone; queued to run again", trial.number, pid)
+            retry_callback()(study, trial)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def dashboard_command(url: str) -> str:

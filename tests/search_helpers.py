@@ -71,3 +71,10 @@ def assert_exactly_finished(study: optuna.Study, target: int) -> None:
     assert sorted(t.number for t in trials) == list(range(target)), [t.number for t in trials]
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), \
         [(t.number, t.state, t.user_attrs.get("failure")) for t in trials]
+
+
+def load_study(name: str, url: str) -> optuna.Study:
+    """The study `name` in an Optuna storage URL, or in journal://PATH (which Optuna takes as an object)."""
+    if url.startswith("journal://"):
+        url = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url[len("journal://"):]))
+    return optuna.load_study(study_name=name, storage=url)

@@ -1,5 +1,6 @@
-"""A worker killed with SIGKILL mid-trial: the heartbeat fails its trial, and the next run retries it
-with the same parameters from that trial's last checkpoint (real processes, a real kill)."""
+"""A worker killed with SIGKILL mid-trial: its trial is failed (SQLite: by the heartbeat; a journal,
+which has none: as its process is gone), and the next run retries it with the same parameters
+from that trial's last checkpoint (real processes, a real kill)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from search_helpers import CHEAP_TRAIN, python_path_env, write_spec
+from search_helpers import CHEAP_TRAIN, load_study, python_path_env, write_spec
 from segtrain.engine import CHECKPOINT
 
 # hpo.search whose trials stop after their first evaluation (and checkpoint), as if the
@@ -42,17 +42,19 @@ cli()
 
 def reported_first_evaluation(checkpoint: Path, storage: str) -> bool:
     """Trial 0 saved its first checkpoint, and then reported that evaluation to the study."""
-    return checkpoint.exists() and 1 in optuna.load_study(study_name="crash", storage=storage).trials[0] \
-        .intermediate_values
+    return checkpoint.exists() and 1 in load_study("crash", storage).trials[0].intermediate_values
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # retry_history
-def test_a_killed_trial_is_retried_from_its_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("storage", ["sqlite:///runs/crash/study.db", "journal://runs/crash/journal.log"],
+                         ids=["sqlite", "journal"])
+def test_a_killed_trial_is_retried_from_its_checkpoint(storage, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # heartbeat every second, stale after 3 (write_spec's [study]); batch 2 of 8 images: 4 steps,
     # evaluations and checkpoints after steps 2 and 4
-    spec = write_spec(tmp_path, "crash", tmp_path / "cache", train=CHEAP_TRAIN, pruner='type = "none"')
-    argv, storage = ["--study", str(spec), "--trials", "2"], "sqlite:///runs/crash/study.db"
+    spec = write_spec(tmp_path, "crash", tmp_path / "cache", train=CHEAP_TRAIN, pruner='type = "none"',
+                      study=f'storage = "{storage}"\n')
+    argv = ["--study", str(spec), "--trials", "2"]
     env = python_path_env()
     worker = subprocess.Popen([sys.executable, "-c", STALL_AFTER_FIRST_EVALUATION, *argv], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -69,9 +71,9 @@ def test_a_killed_trial_is_retried_from_its_checkpoint(tmp_path, monkeypatch):
     rerun = subprocess.run([sys.executable, "-m", "hpo.search", *argv], env=env, capture_output=True,
                            text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    study = optuna.load_study(study_name="crash", storage=storage)
+    study = load_study("crash", storage)
     dead = study.trials[0]
-    assert dead.state == TrialState.FAIL  # by the heartbeat: nobody else could
+    assert dead.state == TrialState.FAIL
     (retry,) = [t for t in study.trials if RetryHeartbeatStaleTrialCallback.retry_history(t) == [0]]
     assert retry.params == dead.params and retry.state == TrialState.COMPLETE
     assert f"trial {retry.number} resumes trial 0 from its checkpoint" in rerun.stderr

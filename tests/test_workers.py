@@ -8,14 +8,13 @@ import subprocess
 import sys
 import time
 
-import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
 
 from hpo.search import main
 from hpo.workers import WORKER_ENV, worker_env
-from search_helpers import CHEAP_TRAIN, assert_exactly_finished, python_path_env, write_spec
+from search_helpers import CHEAP_TRAIN, assert_exactly_finished, load_study, python_path_env, write_spec
 from segtrain.cli import run
 
 
@@ -35,9 +34,7 @@ def test_four_workers_share_one_study_and_stop_at_the_target(storage, workdir, c
     out, err = capsys.readouterr()
     for trouble in ("locked", "rror", "Traceback", "failed", "[W "):  # Optuna's warnings start with [W
         assert trouble not in err, err
-    url = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
-        "runs/pool/journal.log")) if storage else "sqlite:///runs/pool/study.db"
-    study = optuna.load_study(study_name="pool", storage=url)
+    study = load_study("pool", storage or "sqlite:///runs/pool/study.db")
     assert_exactly_finished(study, 6)
     assert len({t.user_attrs["worker"] for t in study.trials}) >= 2  # the workers shared the trials
     for number in range(6):  # each trial reported once, by the worker that ran it
@@ -63,7 +60,7 @@ def test_ctrl_c_stops_every_worker_and_queues_their_trials_again(workdir):
     parent.send_signal(signal.SIGINT)  # what the terminal's Ctrl-C sends the parent alone
     out, err = parent.communicate(timeout=240)
     assert parent.returncode == 130, err
-    study = optuna.load_study(study_name="stopped", storage="sqlite:///runs/stopped/study.db")
+    study = load_study("stopped", "sqlite:///runs/stopped/study.db")
     by_state = {state: [t for t in study.trials if t.state == state] for state in TrialState}
     assert not by_state[TrialState.RUNNING]
     assert sorted(t.user_attrs["failure"] for t in by_state[TrialState.FAIL]) == ["interrupted (Ctrl-C)"] * 2
