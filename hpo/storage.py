@@ -14,11 +14,13 @@ gone is failed and re-queued (fail_dead_trials).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import socket
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -92,15 +94,32 @@ def open_storage(url: str, heartbeat_interval: int, grace_period: int) -> optuna
         return JournalStorage(JournalFileBackend(str(path)))
     engine_kwargs = ({"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}} if scheme(url) == "sqlite"
                      else {"pool_pre_ping": True})
-    try:
+    with database_errors(url):
         return RDBStorage(
             url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
             grace_period=grace_period,
             heartbeat_stale_trial_callback=retry_callback())
+
+
+@contextlib.contextmanager
+def database_errors(url: str) -> Iterator[None]:
+    """A database that cannot be reached or used is one line naming it, its password masked."""
+    try:
+        yield
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as error:
         detail = " ".join(str(error).split())[:200]
+        password = _password(url)
+        if password:
+            detail = detail.replace(password, "***")
         hint = " (pip install 'deeplab-hpo[postgres]')" if isinstance(error, ImportError) else ""
         raise UserError(f"storage {safe_url(url)}: cannot open: {detail}{hint}") from None
+
+
+def _password(url: str) -> str | None:
+    try:
+        return make_url(url).password
+    except sqlalchemy.exc.ArgumentError:
+        return None
 
 
 def retry_callback() -> RetryHeartbeatStaleTrialCallback:
@@ -173,7 +192,8 @@ class StudyLock:
             self._release.append(handle.close)  # closing the file drops the lock
         elif self.kind == "postgresql":
             engine = sqlalchemy.create_engine(self.url, poolclass=sqlalchemy.pool.NullPool)
-            connection = engine.connect()
+            with database_errors(self.url):
+                connection = engine.connect()
             connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
             self._release += [engine.dispose, connection.close]  # the session's lock ends with it
 
