@@ -44,7 +44,8 @@ def test_the_dashboard_command_binds_this_machine_only():
 
 
 def test_every_torch_load_refuses_pickled_code():
-    calls = [(path, call) for package in ("segtrain", "hpo", "benchmarks") for path in sorted((REPO / package).rglob("*.py"))
+    calls = [(path, call) for package in ("segtrain", "hpo", "benchmarks")
+             for path in sorted((REPO / package).rglob("*.py"))
              for call in re.findall(r"torch\.load\([^)]*\)", path.read_text())]
     assert calls, "torch.load is used to resume checkpoints and load weights"
     assert [(path, call) for path, call in calls if "weights_only=True" not in call] == []
