@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STUDY = Path("studies/voc_r50.toml")
 SEED_STRIDE = 1_000_003  # keeps the sampler seeds of parallel workers apart
-# TrainConfig fields that say where the data comes from
-DATA_FIELDS = ("data_root", "train_split", "val_split", "synthetic")
+# TrainConfig fields that say where the data comes from (and synthetic*)
+DATA_FIELDS = ("data_root", "train_split", "val_split")
 
 
 @dataclass(frozen=True)
