@@ -2,7 +2,8 @@
 
 `--trials N` is the number of finished (complete or pruned) trials the study
 should hold: a rerun only runs what is missing, and several workers on one
-storage together stop at exactly N.
+storage together stop at exactly N. `--workers N` runs N worker processes here
+(hpo/workers.py); independent invocations on one storage work as well.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 from optuna_dashboard import save_note
 from tqdm import tqdm
@@ -25,15 +25,19 @@ from tqdm import tqdm
 from hpo.objective import Objective, TrialOutOfMemory, feasible, keep_best_checkpoints
 from hpo.space import enqueue_baseline
 from hpo.spec import StudySpec, load_spec
-from hpo.storage import StudyLock, dashboard_command, local_path, open_storage, retry_callback, safe_url
+from hpo.storage import (WORKER_ATTR, StudyLock, dashboard_command, fail_dead_trials, local_path,
+                         open_storage, retry_callback, safe_url, worker_id)
+from hpo.workers import WORKER_ENV, run_workers
 from segtrain.cli import ArgumentParser, run
+from segtrain.data import require_splits
 from segtrain.errors import UserError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STUDY = Path("studies/voc_r50.toml")
-WORKER_ENV = "DEEPLAB_HPO_WORKER"  # index of a worker started by --workers, for its sampler seed
 SEED_STRIDE = 1_000_003  # keeps the sampler seeds of parallel workers apart
+# TrainConfig fields that say where the data comes from (and synthetic*)
+DATA_FIELDS = ("data_root", "train_split", "val_split")
 
 
 @dataclass(frozen=True)
@@ -92,23 +96,46 @@ def open_existing_study(spec: StudySpec) -> optuna.Study:
                         f"run python -m hpo.search --study {spec.path}, or pass the right --storage URL") from None
 
 
+def prepare(spec: StudySpec) -> optuna.Study:
+    """Check everything a user can get wrong, then open the study (created with its baseline if new).
+
+    The checks come first, so that bad input leaves an existing study as it was; the
+    study is opened under its lock, so that workers starting at once create it once.
+    """
+    require_writable(spec.study.output_dir)
+    require_data(spec)
+    with StudyLock(spec.study.storage, spec.study.name):
+        study = open_study(spec, int(os.environ.get(WORKER_ENV, "0")))
+        if not study.trials:  # a new study; later, finalize adds its results to the note
+            save_note(study, spec.to_markdown())
+        enqueue_baseline(study, spec.baseline)
+    return study
+
+
+def require_data(spec: StudySpec) -> None:
+    """The data every trial reads exists: its root, split files, and each listed image and mask.
+
+    Skipped when the space searches where the data comes from; each trial checks its own then.
+    """
+    if not any(param.name in DATA_FIELDS or param.name.startswith("synthetic") for param in spec.space):
+        require_splits(spec.train_config())
+
+
 def run_search(spec: StudySpec, trials: int, timeout: float | None = None) -> optuna.Study:
     """Run trials until the study holds `trials` finished ones (or `timeout` seconds passed)."""
-    output_dir = require_writable(spec.study.output_dir)
-    worker = int(os.environ.get(WORKER_ENV, "0"))
-    study = open_study(spec, worker)
+    study = prepare(spec)
+    output_dir = spec.study.output_dir
     lock = StudyLock(spec.study.storage, spec.study.name)
-    with lock:
-        enqueue_baseline(study, spec.baseline)
-        save_note(study, spec.to_markdown())
     objective = Objective(spec, output_dir / "trials")
+    worker = worker_id()
 
     def start_trial(trial: optuna.Trial) -> float:
+        trial.set_user_attr(WORKER_ATTR, worker)  # before others see the trial: a retry's is its dead worker's
         lock.release()  # Optuna has created this trial: others may count it now
         return objective(trial)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        log.info("%s", describe(trial, worker))
+        log.info("%s", describe(trial))
         keep_best_checkpoints(study, output_dir / "trials", spec.study.keep_checkpoints)
 
     started = time.monotonic()
@@ -117,7 +144,7 @@ def run_search(spec: StudySpec, trials: int, timeout: float | None = None) -> op
         while timeout is None or time.monotonic() - started < timeout:
             lock.acquire()
             try:
-                fail_stale_trials(study)
+                fail_dead_trials(study, spec.study.storage)
                 counts = Counts.of(study)
                 if counts.finished >= trials:
                     break
@@ -141,7 +168,7 @@ def requeue(study: optuna.Study, number: int) -> None:
     retry_callback()(study, next(t for t in study.get_trials(deepcopy=False) if t.number == number))
 
 
-def describe(trial: optuna.trial.FrozenTrial, worker: int = 0) -> str:
+def describe(trial: optuna.trial.FrozenTrial) -> str:
     """One line per finished trial: its outcome and parameters."""
     if trial.state == TrialState.COMPLETE:
         outcome = f"mIoU {trial.value:.4f}" if feasible(trial) else trial.user_attrs.get("failure", "infeasible")
@@ -150,7 +177,7 @@ def describe(trial: optuna.trial.FrozenTrial, worker: int = 0) -> str:
     else:
         outcome = f"failed: {trial.user_attrs.get('failure', 'see the log above')}"
     params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
-    return f"trial {trial.number}{f' [worker {worker}]' if worker else ''}: {outcome}  ({params})"
+    return f"trial {trial.number}: {outcome}  ({params})"
 
 
 def summary(spec: StudySpec, study: optuna.Study) -> str:
@@ -225,7 +252,18 @@ def build_parser() -> ArgumentParser:
                                           "sqlite:///runs/<name>/study.db)")
     parser.add_argument("--timeout", type=positive_float, help="start no new trial after this many seconds")
     parser.add_argument("--data-root", help="VOC root (overrides [train] data_root and $VOC_ROOT)")
+    parser.add_argument("--workers", type=positive_int,
+                        help="run this many worker processes on the study, one GPU each if there are GPUs")
+    parser.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)  # workers: the parent prints it
     return parser
+
+
+def worker_argv(args: argparse.Namespace) -> list[str]:
+    """The arguments of each worker --workers starts: the parent's, less --workers and the summary."""
+    options = {"--study": args.study, "--trials": args.trials, "--storage": args.storage,
+               "--timeout": args.timeout, "--data-root": args.data_root}
+    return [*(part for flag, value in options.items() if value is not None for part in (flag, str(value))),
+            "--no-summary"]
 
 
 def load_with_overrides(args: argparse.Namespace) -> StudySpec:
@@ -243,12 +281,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("segtrain.engine").setLevel(logging.WARNING)  # not one per evaluation
     spec = load_with_overrides(args)
     try:
+        if args.workers:
+            return run_pool(spec, args)
         study = run_search(spec, args.trials, args.timeout)
     except KeyboardInterrupt:
         print("interrupted: the running trial is marked failed and queued to resume on the next run",
               file=sys.stderr)
         raise
+    if not args.no_summary:
+        print(summary(spec, study))
+    return 0
+
+
+def run_pool(spec: StudySpec, args: argparse.Namespace) -> int:
+    """--workers N: check the input and open the study once, run the workers, then summarise."""
+    study = prepare(spec)
+    codes = run_workers(worker_argv(args), args.workers)
     print(summary(spec, study))
+    failed = [(index, code) for index, code in enumerate(codes) if code]
+    if failed:
+        print(f"hpo.search: error: {', '.join(f'worker {i} exited with code {c}' for i, c in failed)}; "
+              f"see its output above", file=sys.stderr)
+        return failed[0][1] if failed[0][1] > 0 else 1  # < 0: killed by a signal
     return 0
 
 

@@ -1,8 +1,13 @@
-"""Shared fixtures: the two real VOC pairs kept in the repo, and a small synthetic VOC set."""
+"""Shared fixtures: the two real VOC pairs kept in the repo, a small synthetic VOC set, a PostgreSQL server."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,3 +28,38 @@ def voc_sample_copy(tmp_path: Path) -> Path:
     """VOC2012 dir of a writable copy of the real sample, for breaking files."""
     shutil.copytree(VOC_SAMPLE / "VOCdevkit", tmp_path / "VOCdevkit")
     return tmp_path / "VOCdevkit" / "VOC2012"
+
+
+def postgres_bin_dir() -> Path | None:
+    """Debian's PostgreSQL server binaries (the newest version installed), or None."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda path: int(path.parts[-3]))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throw-away PostgreSQL server on 127.0.0.1 (trust auth) for the session: its URL, with a password
+    (trust ignores it) so that tests can check it is never shown."""
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin): apt-get install postgresql")
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # initdb refuses root
+    base = Path(tempfile.mkdtemp(prefix="deeplab-hpo-pg-"))  # not under pytest's root-only tmp dirs
+    if as_postgres:
+        shutil.chown(base, "postgres", "postgres")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def pg(tool: str, *args: str) -> None:
+        done = subprocess.run([*as_postgres, str(bin_dir / tool), *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{tool} failed: {done.stdout}{done.stderr}"
+
+    pg("initdb", "-D", str(base / "data"), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8")
+    pg("pg_ctl", "-D", str(base / "data"), "-l", str(base / "log"), "-w", "-o",
+       f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off", "start")
+    try:
+        yield f"postgresql://postgres:pg-secret-42@127.0.0.1:{port}/postgres"
+    finally:
+        pg("pg_ctl", "-D", str(base / "data"), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(base, ignore_errors=True)

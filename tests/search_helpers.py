@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY_SYNTHETIC = """
 synthetic = true
@@ -38,15 +44,43 @@ batch_size = 2
 """
 
 
-def write_spec(directory: Path, name: str, cache: Path, *, train: str = TINY_TRAIN, space: str = TINY_SPACE,
+def write_spec(directory: Path, name: str, cache: Path, *, space: str = TINY_SPACE,
                baseline: str = TINY_BASELINE, pruner: str = 'type = "median"\nn_startup_trials = 1\n'
                                                            'n_warmup_steps = 0',
-               extra: str = "") -> Path:
-    """A study file in `directory`; `cache` is [train] data_root: where the synthetic set is cached (shared
-    between studies), or a VOC root when `train` is TINY_RUN (no synthetic data)."""
+               extra: str = "", train: str = TINY_TRAIN, study: str = "") -> Path:
+    """A study file in `directory`; `cache` is [train] data_root: where the synthetic set is cached
+    (shared between studies), or a VOC root when `train` is TINY_RUN (no synthetic data).
+
+    `train` replaces the fixed settings but data_root; `study` adds [study] settings.
+    """
     path = directory / f"{name}.toml"
     path.write_text(f'[study]\nname = "{name}"\nheartbeat_interval = 1\ngrace_period = 3\n'
-                    f'keep_checkpoints = 1\n\n[train]\ndata_root = "{cache}"\n{train}\n'
+                    f'keep_checkpoints = 1\n{study}\n[train]\ndata_root = "{cache}"\n{train}\n'
                     f'[space]\n{space}\n[baseline]\n{baseline}\n[pruner]\n{pruner}\n'
                     f'[sampler]\nn_startup_trials = 3\n{extra}')
     return path
+
+
+# the cheapest trial that still trains, evaluates and checkpoints: for tests of processes, not of learning
+CHEAP_TRAIN = TINY_TRAIN.replace("synthetic_val_images = 4", "synthetic_val_images = 2") \
+    .replace("synthetic_image_size = 64", "synthetic_image_size = 32").replace("crop_size = 65", "crop_size = 33")
+
+
+def python_path_env() -> dict[str, str]:
+    """os.environ, with this repo importable by `python -m hpo.search` run from any directory."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
+def assert_exactly_finished(study: optuna.Study, target: int) -> None:
+    """The study holds `target` trials, numbered 0..target-1 once each, all complete or pruned."""
+    trials = study.get_trials(deepcopy=False)
+    assert sorted(t.number for t in trials) == list(range(target)), [t.number for t in trials]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), \
+        [(t.number, t.state, t.user_attrs.get("failure")) for t in trials]
+
+
+def load_study(name: str, url: str) -> optuna.Study:
+    """The study `name` in an Optuna storage URL, or in journal://PATH (which Optuna takes as an object)."""
+    if url.startswith("journal://"):
+        url = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url[len("journal://"):]))
+    return optuna.load_study(study_name=name, storage=url)
