@@ -8,8 +8,13 @@ then, over all seeds, each pruner's compute and best mIoU as ratios to no prunin
 The goal, from the issue: <= 0.4x the compute at >= 0.98x the best mIoU. The RESULT
 line is the compute ratio of the study file's own pruner.
 
-    python benchmarks/pruning.py                    # 3 seeds x 20 trials x 3 arms: about an hour here
-    python benchmarks/pruning.py --candidates successive_halving hyperband
+Real searches are expensive, so each candidate pruner is also replayed on the
+unpruned studies' learning curves: Optuna's pruner decides at each evaluation as if
+those trials had run under it. A replay is exact while the sampler does not depend
+on earlier trials (TPE's random startup trials) and an estimate after that.
+
+    python benchmarks/pruning.py                    # 3 seeds x 20 trials x 2 arms: about an hour here
+    python benchmarks/pruning.py --trials 12 --candidates percentile_75
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import logging
 import os
 import statistics
 import tempfile
-import warnings
 from contextlib import chdir
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +30,7 @@ from pathlib import Path
 import optuna
 
 from common import machine, parse_args, print_table, result
+from hpo.objective import feasible
 from hpo.search import run_search
 from hpo.spec import load_spec
 
@@ -35,11 +40,30 @@ CANDIDATES = {
     "none": {"type": "none"},
     # keeps only the top quarter at each point from the second on
     "percentile_75": {"type": "percentile", "percentile": 75.0, "n_startup_trials": 5, "n_warmup_steps": 2},
-    "successive_halving": {"type": "successive_halving", "min_resource": 2, "reduction_factor": 2},
+    "successive_halving": {"type": "successive_halving", "min_resource": 1, "reduction_factor": 2},
     "hyperband": {"type": "hyperband", "min_resource": 1, "reduction_factor": 2},
 }
 QUICK_TRAIN = {"synthetic_train_images": 8, "synthetic_val_images": 4, "synthetic_image_size": 64,
                "epochs": 2.0, "eval_points": 2}
+
+
+def replay(trials: list[optuna.trial.FrozenTrial], table: dict, epochs: float, points: int) -> tuple[float, float]:
+    """(epochs trained, best final mIoU) had `table`'s pruner watched these unpruned trials."""
+    study = optuna.create_study(direction="maximize", pruner=load_spec(STUDY, {"pruner": table}).make_pruner())
+    spent, best = 0.0, 0.0
+    for frozen in trials:
+        trial, curve = study.ask(), sorted(frozen.intermediate_values.items())
+        for step, value in curve:
+            trial.report(value, step)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                spent += epochs * step / points
+                break
+        else:
+            study.tell(trial, frozen.value)
+            spent += epochs * (curve[-1][0] / points if curve else 1.0)  # a diverged trial stops early
+            best = max(best, frozen.value) if feasible(frozen) else best
+    return spent, best
 
 
 @dataclass(frozen=True)
@@ -53,7 +77,8 @@ class Arm:
     best_miou: float
 
 
-def search(pruner: str, table: dict, seed: int, trials: int, train: dict | None) -> Arm:
+def search(pruner: str, table: dict, seed: int, trials: int, train: dict | None
+           ) -> tuple[Arm, list[optuna.trial.FrozenTrial]]:
     """One study in the current directory; its own name, storage and runs/ folder."""
     name = f"pruning-{pruner}-{seed}"
     sections = {"study": {"name": name, "seed": seed, "keep_checkpoints": 0}, "pruner": table}
@@ -65,15 +90,29 @@ def search(pruner: str, table: dict, seed: int, trials: int, train: dict | None)
     return Arm(pruner, seed, len(finished),
                sum(t.state == optuna.trial.TrialState.PRUNED for t in finished),
                sum(t.user_attrs.get("epochs", 0.0) for t in finished),
-               sum(t.user_attrs.get("seconds", 0.0) for t in finished), study.best_value)
+               sum(t.user_attrs.get("seconds", 0.0) for t in finished), study.best_value), finished
+
+
+def print_replays(unpruned: list[list[optuna.trial.FrozenTrial]], tables: dict[str, dict],
+                  epochs: float, points: int) -> None:
+    """Each pruner replayed on every seed's unpruned trials, as ratios to not pruning them."""
+    rows = []
+    for name, table in tables.items():
+        replays = [(replay(trials, table, epochs, points), replay(trials, CANDIDATES["none"], epochs, points))
+                   for trials in unpruned]
+        rows.append((name, sum(r[0][0] for r in replays) / sum(r[1][0] for r in replays),
+                     statistics.mean(r[0][1] for r in replays) / statistics.mean(r[1][1] for r in replays)))
+    print_table(["pruner", "epochs / none", "best / none"], rows,
+                title="replayed on the unpruned studies' learning curves")
 
 
 def main() -> None:
     def options(parser):
         parser.add_argument("--trials", type=int, default=20, help="finished trials per study (default 20)")
         parser.add_argument("--seeds", type=int, default=3, help="sampler seeds 0..N-1 (default 3)")
-        parser.add_argument("--candidates", nargs="*", default=["percentile_75"], choices=list(CANDIDATES),
-                            help="pruners tried beside the study's own and none")
+        parser.add_argument("--candidates", nargs="*", default=[], choices=list(CANDIDATES),
+                            help="pruners also run for real, beside the study's own and none "
+                                 "(all are replayed anyway)")
     args = parse_args(__doc__, options)
     spec = load_spec(STUDY)
     trials, seeds = (2, 1) if args.quick else (args.trials, args.seeds)
@@ -83,16 +122,18 @@ def main() -> None:
     print(f"{machine()}\n{STUDY.name}: {trials} finished trials a study, seeds 0..{seeds - 1}; "
           f"study's pruner: {spec.pruner.describe()}")
 
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("segtrain.engine").setLevel(logging.WARNING)
     os.environ.setdefault("TQDM_DISABLE", "1")
     runs: list[Arm] = []
+    unpruned: list[list[optuna.trial.FrozenTrial]] = []  # each seed's trials without pruning
     with tempfile.TemporaryDirectory(prefix="pruning-") as workdir, chdir(workdir):
         for seed in range(seeds):
             for name, table in arms.items():
-                runs.append(search(name, table, seed, trials, train))
-                arm = runs[-1]
+                arm, finished = search(name, table, seed, trials, train)
+                runs.append(arm)
+                if name == "none":
+                    unpruned.append(finished)
                 print(f"  seed {seed}, {name}: {arm.pruned}/{arm.trials} pruned, {arm.epochs:.1f} epochs, "
                       f"{arm.seconds:.0f} trial-s, best mIoU {arm.best_miou:.4f}", flush=True)
 
@@ -110,6 +151,8 @@ def main() -> None:
              best(name), best(name) / best("none")) for name in arms]
     print_table(["pruner", "epochs / none", "trial-s / none", "mean best mIoU", "best / none"], rows,
                 title=f"over {seeds} seeds (goal: compute <= 0.4x at best >= 0.98x)")
+    budget = spec.train_config(train)
+    print_replays(unpruned, {"study": arms["study"], **CANDIDATES}, budget.epochs, budget.eval_points)
     study_row = rows[0]
     print(f"study's pruner: best mIoU {study_row[4]:.3f}x no pruning (goal >= 0.98)")
     result("pruning", study_row[1], "<=", 0.4)
