@@ -2,7 +2,7 @@
 
 How trials end, and why:
 - complete: the value is the final validation mIoU at the end of the budget.
-- pruned: the pruner stopped it at an evaluation point (TrialPruned).
+- pruned: the pruner stopped it at an evaluation point before the last (TrialPruned).
 - diverged (NaN/inf loss): COMPLETE with the mIoU of its last evaluation (0 if
   none) and the constraint `finite_loss` violated. Divergence is a real outcome
   of the hyperparameters (usually lr too high): a FAILED trial would be ignored
@@ -56,7 +56,8 @@ class Objective:
             trial.set_user_attr("seconds", result.seconds)
             trial.set_user_attr("epochs", result.epoch)
             trial.report(result.miou, result.point)
-            if trial.should_prune():
+            # at the last evaluation the budget is spent: pruning would only discard the result
+            if result.point < cfg.eval_points and trial.should_prune():
                 remove_checkpoint(run_dir)
                 raise optuna.TrialPruned(f"pruned at evaluation {result.point} (mIoU {result.miou:.4f})")
 

@@ -13,7 +13,7 @@ from optuna_dashboard import get_note
 
 import hpo.objective
 from hpo.search import main
-from search_helpers import write_spec
+from search_helpers import TINY_TRAIN, write_spec
 from segtrain.cli import run
 from segtrain.config import TrainConfig
 from segtrain.engine import CHECKPOINT, train
@@ -94,6 +94,16 @@ def test_pruning_stops_trials_that_stay_at_background_level(workdir):
     assert [t.state for t in study.trials] == [TrialState.PRUNED] * 3
     assert all(t.last_step == 1 for t in study.trials)  # stopped at the first evaluation
     assert not list(Path("runs/pruned/trials").glob("*/" + CHECKPOINT))
+
+
+def test_the_last_evaluation_is_never_pruned(workdir):
+    """The budget is spent by then: pruning would only throw the full-budget result away."""
+    spec = write_spec(workdir, "unpruned", workdir / "cache", pruner='type = "threshold"\nlower = 0.9',
+                      train=TINY_TRAIN.replace("eval_points = 2", "eval_points = 1"))
+    assert run(main, ["--study", str(spec), "--trials", "2"]) == 0
+    study = load("unpruned")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert all(t.value < 0.9 for t in study.trials)  # the threshold pruner would have stopped them
 
 
 def test_diverged_and_out_of_memory_trials_end_with_their_reason(workdir, monkeypatch):
