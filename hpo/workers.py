@@ -72,14 +72,23 @@ def run_workers(argv: Sequence[str], count: int) -> list[int]:
             thread.join()
 
 
+STOP_SECONDS = 60  # a worker stops in seconds on SIGINT (it only marks and requeues its trial)
+
+
 def stop(workers: Sequence[subprocess.Popen]) -> None:
-    """SIGINT to each worker still running, then wait; on a second interrupt, SIGKILL."""
+    """SIGINT to each worker still running, then wait; SIGKILL on a second interrupt, or for a
+    worker not gone within STOP_SECONDS (the heartbeat of an RDB storage then retries its trial)."""
     send(workers, signal.SIGINT)
     try:
-        wait_all(workers)
+        for index, worker in enumerate(workers):
+            try:
+                worker.wait(timeout=STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                print(f"worker {index} did not stop within {STOP_SECONDS} s: killed", file=sys.stderr)
+                worker.kill()
     except KeyboardInterrupt:
         send(workers, signal.SIGKILL)
-        wait_all(workers)
+    wait_all(workers)
 
 
 def send(workers: Sequence[subprocess.Popen], signum: int) -> None:

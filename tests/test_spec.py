@@ -33,7 +33,7 @@ def write_spec(tmp_path: Path, text: str, name: str = "trial_spec.toml") -> Path
 def test_shipped_studies_parse(name: str) -> None:
     spec = load_spec(STUDIES / name)
     assert isinstance(spec.make_sampler(), optuna.samplers.TPESampler)
-    assert isinstance(spec.make_pruner(), optuna.pruners.MedianPruner)
+    assert isinstance(spec.make_pruner(), optuna.pruners.SuccessiveHalvingPruner)  # benchmarks/pruning.py
     assert {"lr", "optimizer", "crop_size", "batch_size", "output_stride"} <= {p.name for p in spec.space}
     baseline = spec.train_config(spec.baseline)
     assert (baseline.optimizer, baseline.momentum, baseline.output_stride) == ("sgd", 0.9, 16)
