@@ -9,7 +9,8 @@ stderr prefixed "[worker i] ".
 The workers run in sessions of their own, so the terminal's Ctrl-C reaches only the
 parent, which passes it on to each worker exactly once (as SIGINT): each then marks
 its running trial failed and queues it to resume, as a single process does. A
-second Ctrl-C kills them; the heartbeat of an RDB storage then retries their trials.
+second Ctrl-C, or STOP_SECONDS without stopping, kills a worker; the heartbeat of an
+RDB storage then retries its trial.
 """
 
 from __future__ import annotations
