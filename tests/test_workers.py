@@ -50,8 +50,11 @@ def test_ctrl_c_stops_every_worker_and_queues_their_trials_again(workdir):
     endless = CHEAP_TRAIN.replace("epochs = 1.0", "epochs = 1000.0")  # trials that are still running
     spec = write_spec(workdir, "stopped", workdir / "cache", train=endless, pruner='type = "none"',
                       extra="[finalize]\nepochs = 1000.0\n")
+    # as from a terminal: a runner in the background (`cmd &` in a script) ignores SIGINT, and a
+    # Python started with SIGINT ignored keeps ignoring it
     parent = subprocess.Popen([sys.executable, "-m", "hpo.search", "--study", str(spec), "--trials", "4",
-                               "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     trials = workdir / "runs/stopped/trials"
     deadline = time.monotonic() + 240  # a guard against a hang, not a timed assertion
     while not (trial_started(trials / "0") and trial_started(trials / "1")):
