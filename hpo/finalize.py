@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,7 +230,6 @@ def options_from(args: argparse.Namespace, spec: StudySpec) -> FinalizeOptions:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # see hpo/__init__.py
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("segtrain.engine").setLevel(logging.WARNING)  # one line per run, not per evaluation
     spec = load_with_overrides(args)
