@@ -91,6 +91,15 @@ def load_backbone_weights(resnet: nn.Module, state: dict[str, torch.Tensor], sou
     """
     expected = {k: v for k, v in resnet.state_dict().items() if not k.startswith("fc.")}
     given = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    problems = state_dict_problems(expected, given)
+    if problems:
+        raise WeightsError(f"{source}: does not fit this backbone: " + "; ".join(problems))
+    resnet.load_state_dict(given, strict=False)
+
+
+def state_dict_problems(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> list[str]:
+    """What keeps `given` from loading where `expected` is: missing, unexpected and mis-shaped keys,
+    a few of each named (empty when it fits)."""
     problems = []
     missing = sorted(expected.keys() - given.keys())
     unexpected = sorted(given.keys() - expected.keys())
@@ -102,9 +111,7 @@ def load_backbone_weights(resnet: nn.Module, state: dict[str, torch.Tensor], sou
                   for k, v in expected.items() if k in given and given[k].shape != v.shape]
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatches ({_preview(mismatched)})")
-    if problems:
-        raise WeightsError(f"{source}: does not fit this backbone: " + "; ".join(problems))
-    resnet.load_state_dict(given, strict=False)
+    return problems
 
 
 def _preview(items: list[str], limit: int = 3) -> str:
