@@ -52,7 +52,9 @@ def test_demo_is_synthetic_and_cpu_sized() -> None:
 def test_voc_baseline_is_the_standard_recipe() -> None:
     spec = load_spec(STUDIES / "voc_r50.toml")
     config = spec.train_config(spec.baseline)
-    assert config.train_split == "train_aug" and config.pretrained == "imagenet"
+    assert config.train_split == "train_aug_search" and config.val_split == "holdout"  # selection held out
+    assert (spec.finalize.train_split, spec.finalize.val_split) == ("train_aug", "val")  # the table: VOC val
+    assert config.pretrained == "imagenet"
     assert (config.crop_size, config.batch_size) == (513, 16)
     assert config.lr * config.head_lr_multiplier == pytest.approx(0.01)  # head 0.01, backbone 0.001
     assert spec.study.output_dir == Path("runs/voc-r50")
