@@ -2,8 +2,9 @@
 
 Each figure is checked against its source in docs/results.md (which lists the caveats).
 A figure is set beside a final configuration's "mIoU <protocol>" column only where the
-backbone, the training output stride and the evaluation protocol (output stride, scales,
-flip) are the same; what still differs (e.g. a center-cropped evaluation) is listed.
+backbone (ImageNet-pretrained), the splits (trained on train_aug, scored on val), the
+training output stride and the evaluation protocol (output stride, scales, flip) are the
+same; what still differs (e.g. a center-cropped evaluation) is listed.
 
 Reads hpo.results; hpo.report and hpo.tables use it.
 """
@@ -67,8 +68,8 @@ def matches(summaries: Sequence[Summary], figures: Sequence[PublishedFigure] = P
     for figure in figures:
         for s in summaries:
             config = s.configuration.config
-            if (config.backbone, config.output_stride, config.pretrained is not None) != \
-                    (figure.backbone, figure.train_output_stride, True):
+            if (config.backbone, config.output_stride, config.pretrained is not None, config.train_split,
+                    config.val_split) != (figure.backbone, figure.train_output_stride, True, "train_aug", "val"):
                 continue
             for protocol, stat in s.miou.items():
                 protocols = {run.protocol(protocol) for run in s.ok}

@@ -275,6 +275,8 @@ def report_markdown(spec: StudySpec, study: optuna.Study, options: FinalizeOptio
         f"{counts.failed} failed",
         f"- final runs: {sum(len(s.ok) for s in summaries)} of {sum(len(s.runs) for s in summaries)} with a "
         f"result, {final_seconds / 3600:.2f} run-hours ({final_seconds:.0f} s)", "",
+        f"The search's scores are single short-budget runs on `{spec.train_config().val_split}`: the gap between "
+        "its best trial and the baseline trial carries no test; the comparisons above do.", "",
         "## What each factor does", "", *factor_lines(analysis.effects),
         "## Parameter importance", "", *importance_lines(analysis.rankings),
         "## Figures", "",

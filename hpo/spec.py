@@ -4,6 +4,9 @@ Every mistake a user can make in a spec is reported at load time as one line nam
 the file, section and key, so a long search never dies at trial 17 on a typo. Fixed
 and searched TrainConfig values are checked by building TrainConfigs, and sampler and
 pruner arguments by building Optuna's own classes: no second copy of their rules.
+
+A spec is plain data. It imports hpo.space (the Param type) and segtrain.config; the
+rest of hpo imports it, and it imports nothing else of hpo.
 """
 
 from __future__ import annotations

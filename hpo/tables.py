@@ -132,7 +132,7 @@ def importance_table(rankings: Sequence[Ranking]) -> str:
     shown = [r for r in rankings if r.importances]
     params = list(dict.fromkeys(name for r in shown for name in r.importances))
     params.sort(key=lambda name: -(shown[0].importances.get(name, 0.0) if shown else 0.0))
-    table = markdown_table(["parameter", *(f"{r.trials} (n = {r.n})" for r in shown)],
+    table = markdown_table(["parameter", *(f"{r.trials}, n = {r.n}" for r in shown)],
                            [[name, *(f"{r.importances[name]:.3f}" if name in r.importances else "-"
                                      for r in shown)] for name in params]) if shown else ""
     problems = [f"Not available over the {r.trials} (n = {r.n}): {r.problem}" for r in rankings if not r.importances]

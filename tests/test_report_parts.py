@@ -135,8 +135,9 @@ def test_published_figures_sit_beside_a_column_of_the_same_protocol_only():
     r101 = configuration("r101-imagenet", ("r101-imagenet",), backbone="resnet101", output_stride=16)
     r50 = configuration("top-1", ("top",), output_stride=8)  # ImageNet-pretrained ResNet-50 at OS 8
     scratch = configuration("r101-scratch", ("r101-scratch",), backbone="resnet101", pretrained=None)
+    on_train = configuration("baseline", ("baseline",), train_split="train")  # VOC train, not train_aug
     summaries = summarize([*runs(r101, [0.77, 0.78, 0.76]), *runs(r50, [0.75, 0.76, 0.77]),
-                           *runs(scratch, [0.5, 0.5, 0.5])])
+                           *runs(scratch, [0.5, 0.5, 0.5]), *runs(on_train, [0.7, 0.7, 0.7])])
     found = {(m.figure.source.split(" ")[0], m.figure.backbone, m.configuration) for m in matches(summaries)}
     assert found == {("DeepLabV3", "resnet101", "r101-imagenet"), ("VainF/DeepLabV3Plus-Pytorch", "resnet101",
                                                                    "r101-imagenet"),
@@ -212,7 +213,7 @@ def test_importance_is_computed_on_complete_trials_and_on_every_trial_at_the_fir
     assert set(complete.importances) == set(first.importances) == {"lr", "output_stride"}
     assert sum(first.importances.values()) == pytest.approx(1.0)
     table = tables.importance_table([complete, first])
-    assert "(n = 6)" in table and "(n = 12)" in table
+    assert "(final score), n = 6 |" in table and "(score there), n = 12 |" in table
 
 
 def test_results_json_holds_the_statistics_the_issue_names(summaries):
