@@ -94,13 +94,20 @@ def permutation_note(options: FinalizeOptions) -> str:
             "seed.")
 
 
-def schedule_text(spec: StudySpec) -> str:
-    """The learning-rate schedule the search trained its trials with (and its settings, where given)."""
+def search_schedule(spec: StudySpec) -> dict[str, Any]:
+    """The learning-rate schedule the search trained its trials with, its settings where given, and the budget."""
     searched = {param.name for param in spec.space}
-    schedule = "searched" if "schedule" in searched else f"`{spec.train.get('schedule', 'poly')}`"
-    settings = [f"{key} = {spec.train[key]!r}" for key in SCHEDULE_FIELDS[1:] if key in spec.train]
-    return f"schedule {schedule}" + (f" ({', '.join(settings)})" if settings else "") + \
-        f", {spec.train_config().epochs:g} epochs"
+    return {"schedule": "searched" if "schedule" in searched else spec.train.get("schedule", "poly"),
+            **{key: spec.train[key] for key in SCHEDULE_FIELDS[1:] if key in spec.train},
+            "epochs": spec.train_config().epochs}
+
+
+def schedule_text(spec: StudySpec) -> str:
+    """E.g. 'schedule `poly` (poly_power = 1.0), 4 epochs'."""
+    settings = search_schedule(spec)
+    schedule, epochs = settings.pop("schedule"), settings.pop("epochs")
+    details = ", ".join(f"{key} = {value!r}" for key, value in settings.items())
+    return f"schedule `{schedule}`" + (f" ({details})" if details else "") + f", {epochs:g} epochs"
 
 
 def rank_lines(spec: StudySpec, study: optuna.Study, options: FinalizeOptions, analysis: Analysis) -> list[str]:
@@ -331,7 +338,7 @@ def results_header(spec: StudySpec, options: FinalizeOptions, analysis: Analysis
 def results_extra(spec: StudySpec, analysis: Analysis) -> dict[str, Any]:
     rank = analysis.agreement.rank
     return {"rank_agreement": {"configurations": list(analysis.agreement.names), "n": rank.n, "tau": rank.tau,
-                               "p": rank.p, "protocol": OWN_PROTOCOL, "search_schedule": schedule_text(spec)},
+                               "p": rank.p, "protocol": OWN_PROTOCOL, "search_schedule": search_schedule(spec)},
             "importance": [{"trials": r.trials, "n": r.n, "importances": r.importances, "problem": r.problem}
                            for r in analysis.rankings]}
 
