@@ -53,21 +53,16 @@ class Analysis:
 
     @property
     def protocols(self) -> list[str]:
-        return tables.protocols_of(self.summaries)
+        return tables.protocol_columns(self.summaries)
 
     def family(self, family: str) -> list[Comparison]:
         return [c for c in self.comparisons if c.family == family]
 
 
-def protocols_of(runs: Sequence[FinalRun]) -> list[str]:
-    """The run's own evaluation first, then every protocol some run was evaluated under."""
-    return list(dict.fromkeys([OWN_PROTOCOL, *(p for run in runs for p in run.evaluations)]))
-
-
 def analyse(spec: StudySpec, study: optuna.Study, runs: Sequence[FinalRun]) -> Analysis:
-    protocols = protocols_of(runs)
-    summaries = summarize(runs, protocols)
-    return Analysis(summaries, [c for p in protocols for c in compare.comparisons(summaries, p)],
+    summaries = summarize(runs)
+    return Analysis(summaries, [c for p in tables.protocol_columns(summaries)
+                                for c in compare.comparisons(summaries, p)],
                     compare.rank_agreement(summaries), effects(study, spec.space), importances(study))
 
 
@@ -117,7 +112,8 @@ def rank_lines(spec: StudySpec, study: optuna.Study, options: FinalizeOptions, a
     if rank.tau is None:
         agreement = f"Kendall's tau needs two such configurations with a result; there are {rank.n} ({names})."
     else:
-        agreement = (f"Kendall's tau = {rank.tau:+.2f} (n = {rank.n}, p = {rank.p:.2g}) between the search's "
+        p = "-" if rank.p is None else f"{rank.p:.2g}"
+        agreement = (f"Kendall's tau = {rank.tau:+.2f} (n = {rank.n}, p = {p}) between the search's "
                      f"scores (on `{search.val_split}`) and the full-budget means ({miou_title(OWN_PROTOCOL)} on "
                      f"`{options.val_split}`) of the configurations that are search trials: {names}.")
     lines = [agreement, "",
@@ -158,7 +154,7 @@ def baseline_lines(analysis: Analysis, options: FinalizeOptions) -> list[str]:
     return lines + comparison_lines(found)
 
 
-def r101_lines(analysis: Analysis, options: FinalizeOptions) -> list[str]:
+def r101_lines(analysis: Analysis) -> list[str]:
     pretrained, scratch = find(analysis.summaries, "r101-imagenet"), find(analysis.summaries, "r101-scratch")
     for s, what in ((pretrained, "ImageNet-pretrained"), (scratch, "from-scratch")):
         if s is None or not s.ok:
@@ -201,7 +197,7 @@ def ablation_lines(analysis: Analysis, options: FinalizeOptions) -> list[str]:
                 elif s is not None:
                     rows.append((value, s, by_name.get(s.name)))
             lines += [f"**{factor}** ({miou_title(protocol)})", "",
-                      tables.ablation_table(factor, best, rows, protocol), ""]
+                      tables.ablation_table(factor, rows, protocol), ""]
         lines += [f"- {by_name[name].sentence()}" for name in by_name] + [""]
     return lines
 
@@ -237,9 +233,10 @@ def published_lines(spec: StudySpec, final_dir: Path, summaries: Sequence[Summar
     found = [] if synthetic else matches(summaries)
     caveat = ("This study ran on **synthetic** data: these figures are context, not a target, and none is set "
               "beside its numbers." if synthetic else
-              "A configuration appears beside a figure only where backbone (ImageNet-pretrained), training output "
-              "stride and evaluation protocol (output stride, scales, flip) are the same; what still differs is "
-              "listed, and the training recipe (crops, batch, schedule) may differ too.")
+              "A configuration appears beside a figure only where backbone (ImageNet-pretrained), splits (trained "
+              "on train_aug, scored on val), training output stride and evaluation protocol (output stride, "
+              "scales, flip) are the same; what still differs is listed, and the training recipe (crops, batch, "
+              "schedule) may differ too.")
     return ["## Published reference figures (not measured here)", "",
             "Published DeepLabV3 results on PASCAL VOC 2012 **val**, mIoU in **percent** (this report's own numbers "
             "are fractions; beside a figure they are shown in percent), ImageNet-pretrained backbones trained on "
@@ -273,7 +270,7 @@ def report_markdown(spec: StudySpec, study: optuna.Study, options: FinalizeOptio
     lines += [
         "## Against the baseline", "", *baseline_lines(analysis, options),
         "## Did the search's ranking hold at full budget?", "", *rank_lines(spec, study, options, analysis),
-        "## ResNet-101: ImageNet-pretrained vs from scratch", "", *r101_lines(analysis, options),
+        "## ResNet-101: ImageNet-pretrained vs from scratch", "", *r101_lines(analysis),
         "## Ablation: one factor at a time around the best configuration", "", *ablation_lines(analysis, options),
         "## Per-class IoU (mean ± std over seeds)", "", tables.per_class_table(summaries), "",
         "## Search summary", "",

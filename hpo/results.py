@@ -174,8 +174,14 @@ class Summary:
         return cls(configuration, runs, miou, metrics, per_class)
 
 
-def summarize(runs: Sequence[FinalRun], protocols: Sequence[str] = (OWN_PROTOCOL,)) -> list[Summary]:
-    """Per configuration, in the order of the runs."""
+def protocols_of(runs: Sequence[FinalRun]) -> list[str]:
+    """The runs' own evaluation first, then every protocol some run was evaluated under."""
+    return list(dict.fromkeys([OWN_PROTOCOL, *(p for run in runs for p in run.evaluations)]))
+
+
+def summarize(runs: Sequence[FinalRun], protocols: Sequence[str] | None = None) -> list[Summary]:
+    """Per configuration, in the order of the runs; mIoU under `protocols` (default: every one the runs have)."""
+    protocols = protocols_of(runs) if protocols is None else protocols
     names = list(dict.fromkeys(run.configuration.name for run in runs))
     return [Summary.of(next(r.configuration for r in runs if r.configuration.name == name),
                        [r for r in runs if r.configuration.name == name], protocols) for name in names]

@@ -50,13 +50,14 @@ def _p(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
-def protocols_of(summaries: Sequence[Summary]) -> list[str]:
+def protocol_columns(summaries: Sequence[Summary]) -> list[str]:
+    """The protocols the summaries hold an mIoU for, in column order."""
     return list(summaries[0].miou) if summaries else []
 
 
 def final_table(summaries: Sequence[Summary]) -> str:
     """Per configuration: seeds finished/planned, mIoU per protocol (mean ± std, 95% interval), cost."""
-    protocols = protocols_of(summaries)
+    protocols = protocol_columns(summaries)
     headers = ["configuration", "what", "seeds", *(h for p in protocols for h in (miou_title(p), "95% CI")),
                "pixel accuracy", "seconds", "images/s", "peak memory", "parameters", "failed seeds"]
     rows = []
@@ -81,9 +82,9 @@ def comparison_table(comparisons: Sequence[Comparison]) -> str:
     return markdown_table(headers, rows)
 
 
-def ablation_table(field: str, best: Summary, rows_for: Sequence[tuple[Any, Summary, Comparison | None]],
-                   protocol: str) -> str:
-    """One factor: each value's mIoU and its paired difference from the best configuration."""
+def ablation_table(field: str, rows_for: Sequence[tuple[Any, Summary, Comparison | None]], protocol: str) -> str:
+    """One factor: each value's mIoU and its paired difference from the best configuration (no comparison: the
+    best itself)."""
     headers = [field, "configuration", "seeds", miou_title(protocol), "95% CI", "vs best", "95% CI", "p Holm",
                "verdict"]
     rows = []
@@ -187,7 +188,7 @@ def csv_text(records: Sequence[dict[str, Any]]) -> str:
 
 def results_csv(summaries: Sequence[Summary]) -> str:
     """Each configuration's runs, then its row over the seeds (kind = mean)."""
-    protocols = protocols_of(summaries)
+    protocols = protocol_columns(summaries)
     records = [record for s in summaries
                for record in (*(run_record(run, protocols) for run in s.runs), summary_record(s))]
     means_first = sorted(records, key=lambda record: record["kind"] != "mean")  # their columns lead
@@ -224,7 +225,7 @@ def configuration_record(s: Summary, classes: Sequence[int]) -> dict[str, Any]:
 
 def results_json(header: Mapping[str, Any], summaries: Sequence[Summary], comparisons: Sequence[Comparison],
                  extra: Mapping[str, Any]) -> dict[str, Any]:
-    protocols = protocols_of(summaries)
+    protocols = protocol_columns(summaries)
     classes = present_classes(summaries)
     return {**header, "protocols": protocols,
             "configurations": [configuration_record(s, classes) for s in summaries],

@@ -16,7 +16,7 @@ from scipy import stats as scipy_stats
 from hpo import compare, report, stats, tables
 from hpo.factors import effects, importances
 from hpo.published import PUBLISHED, matches
-from hpo.results import Configuration, FinalRun, summarize
+from hpo.results import Configuration, FinalRun, protocols_of, summarize
 from hpo.space import Param
 from hpo.spec import load_spec
 from segtrain.config import TrainConfig
@@ -101,8 +101,7 @@ def test_ablations_are_compared_with_the_best_configuration():
     (found,) = compare.comparisons(summaries)
     assert (found.a, found.b, found.family, found.verdict) == ("ablation output_stride=8", "top-1", "ablation vs best",
                                                                "better")
-    table = tables.ablation_table("output_stride", summaries[0], [(16, summaries[0], None),
-                                                                  (8, summaries[1], found)], "ss")
+    table = tables.ablation_table("output_stride", [(16, summaries[0], None), (8, summaries[1], found)], "ss")
     assert "| 16            | top-1 " in table and "(reference)" in table and "| +0.0500 " in table
 
 
@@ -118,9 +117,8 @@ def test_other_protocols_become_columns_and_comparisons_of_their_own():
     best, baseline = configuration("top-1", ("top",)), configuration("baseline", ("baseline",))
     runs_ = [*runs(best, [0.70, 0.71, 0.72], os8=[0.73, 0.74, 0.75]),
              *runs(baseline, [0.60, 0.61, 0.62], os8=[0.66, 0.62, 0.65])]
-    protocols = report.protocols_of(runs_)
-    assert protocols == ["ss", "os8"]
-    summaries = summarize(runs_, protocols)
+    assert protocols_of(runs_) == ["ss", "os8"]
+    summaries = summarize(runs_)
     assert summaries[0].miou["os8"].mean == pytest.approx(0.74)
     assert "| mIoU ss " in tables.final_table(summaries) and "| mIoU os8 " in tables.final_table(summaries)
     assert {"miou", "miou_os8", "miou_os8_ci95_low"} <= set(tables.summary_record(summaries[0]))
