@@ -21,7 +21,9 @@ from segtrain.errors import ConfigError
 BACKBONES = ("resnet50", "resnet101")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 OUTPUT_STRIDES = (8, 16)
-SPLITS = ("train", "val", "trainval", "train_aug")
+# VOC 2012's own splits, SBD's train_aug, and train_aug cut in two for the search: it trains on
+# train_aug_search and selects on holdout, so VOC val scores only the final table
+SPLITS = ("train", "val", "trainval", "train_aug", "train_aug_search", "holdout")
 SCHEDULES = ("poly", "wsd")
 DECAY_SHAPES = ("1-sqrt", "linear", "cosine")  # segtrain.optim has their formulas
 

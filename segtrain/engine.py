@@ -20,7 +20,6 @@ import dataclasses
 import logging
 import math
 import random
-import resource
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from segtrain.distributed import (ProcessGroup, as_one_batch, join_process_group
                                   main_process_first, on_main_process)
 from segtrain.errors import ConfigError, UserError
 from segtrain.fileio import write_atomic, write_json_atomic
+from segtrain.memory import peak_memory_bytes, reset_peak_memory
 from segtrain.metrics import ConfusionMatrix, Scores
 from segtrain.model import build_model, count_parameters
 from segtrain.optim import build_optimizer, build_schedule, decay_branch_lrs
@@ -91,7 +91,7 @@ class TrainResult:
     steps: int
     seconds: float  # wall time, training and evaluation
     images_per_second: float  # training throughput
-    peak_memory_bytes: int  # CUDA: peak allocated; CPU: peak resident set of the process
+    peak_memory_bytes: int  # this run's: CUDA, peak allocated; CPU, peak resident set (segtrain.memory)
     parameters: int
     branch_steps: int = 0  # steps trained in decay branches (wsd), besides `steps`
 
@@ -196,6 +196,7 @@ class _Run:
     def __init__(self, cfg: TrainConfig, device: torch.device, group: ProcessGroup,
                  run_dir: Path | None, save_checkpoints: bool):
         self.cfg, self.device, self.group = cfg, device, group
+        reset_peak_memory(device)  # a search worker or finalize runs many: each figure is its own
         self.run_dir = run_dir
         self.writes = run_dir is not None and group.is_main
         self.save_checkpoints = save_checkpoints and self.writes
@@ -480,12 +481,6 @@ def unwrap_worker_errors(loader: DataLoader) -> Iterator[Any]:
         if not last_line_start:  # raised in this process: already the message itself
             raise
         raise kind(message.strip()) from None
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def _seed_everything(seed: int) -> None:
