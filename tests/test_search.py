@@ -14,10 +14,10 @@ from optuna_dashboard import get_note
 
 import hpo.objective
 from hpo.search import main
-from search_helpers import TINY_TRAIN, write_spec
+from search_helpers import CHEAP_TRAIN, TINY_BASELINE, TINY_TRAIN, write_spec
 from segtrain.cli import run
 from segtrain.config import TrainConfig
-from segtrain.engine import CHECKPOINT, TrainingDiverged, train
+from segtrain.engine import CHECKPOINT, TrainingDiverged, TrainResult, train
 
 
 def load(name: str) -> optuna.Study:
@@ -105,6 +105,24 @@ def test_the_last_evaluation_is_never_pruned(workdir):
     study = load("unpruned")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     assert all(t.value < 0.9 for t in study.trials)  # the threshold pruner would have stopped them
+
+
+def test_under_wsd_the_pruner_gets_the_annealed_score_at_each_evaluation(workdir):
+    """What a trial reports (and pruners read back) at an evaluation before the last is the score
+    after its decay branch; the trial's compute counts the branch."""
+    spec = write_spec(workdir, "annealed", workdir / "cache", train=CHEAP_TRAIN + 'schedule = "wsd"\n',
+                      baseline=TINY_BASELINE.replace("batch_size = 2", "batch_size = 4"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tensors this small train faster on one thread
+    try:
+        assert run(main, ["--study", str(spec), "--trials", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    trial = load("annealed").trials[0]
+    history = TrainResult.from_dict(json.loads(Path("runs/annealed/trials/0/result.json").read_text())).history
+    assert [(h.step, h.decay_steps) for h in history] == [(1, 1), (2, 0)]  # 2 steps, a branch of 1 at the first
+    assert trial.intermediate_values == {h.point: h.miou for h in history}
+    assert trial.user_attrs["epochs"] == history[-1].epochs_trained == 1.5  # 3 steps of 4 of 8 images
 
 
 def test_diverged_and_out_of_memory_trials_end_with_their_reason(workdir, monkeypatch):
