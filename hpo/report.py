@@ -33,7 +33,8 @@ from segtrain.fileio import write_json_atomic, write_text_atomic
 
 DOCS_RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
 HE_ET_AL = "He, Girshick & Dollár (2019, *Rethinking ImageNet Pre-training*, arXiv:1811.08883)"
-SCHEDULE_FIELDS = ("schedule", "decay_fraction", "decay_shape", "poly_power", "warmup_epochs")
+# the TrainConfig settings that shape each schedule's learning rate, besides warmup_epochs
+SCHEDULE_SETTINGS = {"poly": ("poly_power",), "wsd": ("decay_fraction", "decay_shape")}
 FACTOR_CAVEAT = ("These are the search's trials, not a controlled experiment: TPE chose each trial's values "
                  "given the earlier results, the parameters vary together, and pruning stopped the trials it "
                  "ranked low at the first evaluation, so a value's scores mix its own effect with those of the "
@@ -90,11 +91,13 @@ def permutation_note(options: FinalizeOptions) -> str:
 
 
 def search_schedule(spec: StudySpec) -> dict[str, Any]:
-    """The learning-rate schedule the search trained its trials with, its settings where given, and the budget."""
-    searched = {param.name for param in spec.space}
-    return {"schedule": "searched" if "schedule" in searched else spec.train.get("schedule", "poly"),
-            **{key: spec.train[key] for key in SCHEDULE_FIELDS[1:] if key in spec.train},
-            "epochs": spec.train_config().epochs}
+    """The learning-rate schedule the search trained its trials with, its settings, its warm-up, and the budget
+    (a searched schedule or setting says "searched")."""
+    config, searched = spec.train_config(), {param.name for param in spec.space}
+    schedule = "searched" if "schedule" in searched else config.schedule
+    keys = [*SCHEDULE_SETTINGS.get(schedule, ()), *(["warmup_epochs"] if config.warmup_epochs else [])]
+    return {"schedule": schedule, **{key: "searched" if key in searched else getattr(config, key) for key in keys},
+            "epochs": config.epochs}
 
 
 def schedule_text(spec: StudySpec) -> str:
@@ -260,8 +263,9 @@ def report_markdown(spec: StudySpec, study: optuna.Study, options: FinalizeOptio
         f"Per configuration: seeds finished/planned, the {miou_title(OWN_PROTOCOL)} (single scale, at the output "
         "stride it trained with, no flip) as mean ± sample standard deviation over the finished seeds, and the "
         "95% t-interval of that mean. A seed that failed (diverged, out of memory, weights unavailable) is listed "
-        "with its reason and left out of the mean, never dropped silently. On a CPU, peak memory is the peak "
-        "resident set of the finalize process, so it includes the runs before it.", "",
+        "with its reason and left out of the mean, never dropped silently. Peak memory is each run's own (CUDA: "
+        "peak allocated; CPU: peak resident set since the run started, what the process already held included).",
+        "",
         "## Final table", "", tables.final_table(summaries), "",
     ]
     if any("weights unavailable" in s.status for s in summaries):

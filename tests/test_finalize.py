@@ -238,7 +238,7 @@ def test_comparisons_are_paired_by_seed_with_scipys_numbers(finalized):
         assert c["verdict"] == ("inconclusive" if decisive >= 0.05 else "better" if c["difference"] > 0 else "worse")
     rank = data["rank_agreement"]
     assert rank["configurations"] == ["top-1", "top-2"] and rank["n"] == 2 and rank["tau"] in (-1.0, 1.0)
-    assert rank["search_schedule"] == {"schedule": "poly", "epochs": 1.0}  # beside tau: the search's proxy
+    assert rank["search_schedule"] == {"schedule": "poly", "poly_power": 0.9, "epochs": 1.0}  # the search's proxy
 
 
 def test_top_k_are_the_best_distinct_trials_and_the_baseline_merges_with_its_trial(finalized, spec):

@@ -162,10 +162,15 @@ def test_the_splits_sentence_says_whether_selection_biases_the_table(tmp_path):
     assert "finalize retrains on `train` and reports on `val`, the split the search selected on." in spec.to_markdown()
 
 
-def test_the_search_schedule_is_named_with_its_settings(tmp_path):
+@pytest.mark.parametrize(("train", "expected"), [
+    ("epochs = 2", "schedule `poly` (poly_power = 0.9), 2 epochs"),
+    ('epochs = 4\nschedule = "wsd"\nwarmup_epochs = 0.5', "schedule `wsd` (decay_fraction = 0.2, "
+                                                         "decay_shape = '1-sqrt', warmup_epochs = 0.5), 4 epochs"),
+])
+def test_the_search_schedule_is_named_with_its_settings(tmp_path, train, expected):
     path = tmp_path / "s.toml"
-    path.write_text('[train]\nepochs = 2\npoly_power = 1.0\n[space]\nlr = {type = "float", low = 0.001, high = 0.1}\n')
-    assert report.schedule_text(load_spec(path)) == "schedule `poly` (poly_power = 1.0), 2 epochs"
+    path.write_text(f'[train]\n{train}\n[space]\nlr = {{type = "float", low = 0.001, high = 0.1}}\n')
+    assert report.schedule_text(load_spec(path)) == expected
 
 
 SPACE = (Param("lr", "float", low=1e-4, high=1e-1, log=True), Param("output_stride", "categorical", choices=(8, 16)))
