@@ -1,8 +1,11 @@
 """TrainConfig: every knob of one training run, validated, and round-tripping to JSON.
 
-The defaults are the standard DeepLabV3 recipe on VOC 2012 (ResNet-50, output
-stride 16, crop 513, batch 16, SGD + poly, ~30k iterations of train_aug), so a
-config only needs to say what differs from it.
+The defaults are DeepLabV3 on VOC 2012 as the PyTorch reimplementations train it
+(VainF/DeepLabV3Plus-Pytorch: ResNet-50, output stride 16, crop 513, batch 16, SGD
+with momentum 0.9 and poly lr 0.01 for the head with the pretrained backbone at 0.1x,
+weight decay 1e-4, ~30k iterations of train_aug), so a config only needs to say what
+differs from it. The paper (Chen et al. 2017) trained with one lr of 0.007 for the
+whole network, and multi-grid in the last block, which segtrain does not build.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ class TrainConfig:
     # --- optimisation
     optimizer: str = "sgd"
     lr: float = 0.001  # backbone learning rate; the head gets lr * head_lr_multiplier
-    head_lr_multiplier: float = 10.0
+    head_lr_multiplier: float = 10.0  # the reimplementations' convention (VainF: backbone at 0.1x the head)
     momentum: float = 0.9  # sgd only
     nesterov: bool = False  # sgd only
     weight_decay: float = 1e-4  # not applied to BatchNorm weights and biases
