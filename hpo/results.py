@@ -78,8 +78,12 @@ class Configuration:
 
     @property
     def key(self) -> str:
-        """Identifies the training recipe (not where the data is or which device runs it)."""
-        values = {k: v for k, v in self.config.to_dict().items() if k not in RUNTIME_FIELDS | {"seed"}}
+        """Identifies the training recipe (not where the data is or which device runs it). Only the
+        fields that differ from TrainConfig's defaults count, so a field added later with a default
+        that keeps what runs did before leaves every key, and so every final run dir, as it was."""
+        defaults = TrainConfig().to_dict()
+        values = {k: v for k, v in self.config.to_dict().items()
+                  if k not in RUNTIME_FIELDS | {"seed"} and v != defaults[k]}
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -73,7 +73,8 @@ def plan(spec: StudySpec, study: optuna.Study, options: FinalizeOptions) -> list
     if len(ranked) < options.top_k:
         log.warning("only %d distinct complete configurations in the study (top_k = %d): finalizing those",
                     len(ranked), options.top_k)
-    full = {"epochs": options.epochs, "seed": 0, "train_split": options.train_split, "val_split": options.val_split}
+    full = {"epochs": options.epochs, "seed": 0, "train_split": options.train_split, "val_split": options.val_split,
+            "schedule": options.schedule}
     best = ranked[0]
     best_config = spec.train_config({**best.params, **full})
     entries = [_Entry(f"top-{rank}", f"trial {trial.number}", "top", trial, dict(trial.params))

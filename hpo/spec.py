@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import optuna
 
 from hpo.space import Param
-from segtrain.config import SPLITS, TrainConfig, field_names, field_type
+from segtrain.config import SCHEDULES, SPLITS, TrainConfig, field_names, field_type
 from segtrain.errors import ConfigError, UserError
 
 SECTIONS = ("study", "train", "space", "sampler", "pruner", "baseline", "finalize")
@@ -167,6 +167,7 @@ class FinalizeOptions:
     pretrained_weights: str | None = None  # ResNet-101 ImageNet state_dict; None: torchvision's
     train_split: str = "train_aug"  # finalize trains on all of train_aug ...
     val_split: str = "val"  # ... and reports on VOC val, which the search never scored
+    schedule: str = "poly"  # the full-budget runs' lr schedule: the published recipes' poly, whatever the search's
     scratch: ScratchRecipe = ScratchRecipe()
     ablation: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # field -> values, around the best
 
@@ -181,6 +182,7 @@ class FinalizeOptions:
             _check("pretrained_weights", self.pretrained_weights, str, bool, "must be a path")
         for key in ("train_split", "val_split"):
             _check(key, getattr(self, key), str, lambda v: v in SPLITS, f"must be one of {', '.join(SPLITS)}")
+        _check("schedule", self.schedule, str, lambda v: v in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}")
         if self.val_split == self.train_split:
             raise ConfigError("val_split", f"must differ from train_split ({self.train_split!r}): a table "
                                            "scored on its training images says nothing")

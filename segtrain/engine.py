@@ -168,8 +168,9 @@ def train(cfg: TrainConfig, on_eval: Callable[[EvalResult], None] | None = None,
     `on_eval` is called with each EvalResult (on the main process); whatever it
     raises stops training and propagates: that is how a pruner stops a trial.
     With `run_dir`, config.json, result.json and, at each evaluation, a checkpoint
-    are written there; `resume=True` continues from that checkpoint and ends
-    with the result an uninterrupted run would have had.
+    are written there; `resume=True` continues from that checkpoint: on the CPU it ends
+    bit for bit as an uninterrupted run; on CUDA, whose kernels are not deterministic,
+    as one such run (same data, augmentation and RNG state; the float noise differs).
 
     Under torchrun every process calls this: cfg.batch_size is split between them,
     process k uses cuda:LOCAL_RANK, rank 0 alone writes and calls `on_eval`, and

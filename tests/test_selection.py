@@ -85,6 +85,18 @@ def test_top_k_with_more_trials_than_k_then_the_baseline_and_resnet101(tmp_path,
     assert configurations[1].params == {"lr": 0.02, "optimizer": "sgd", "output_stride": 8}
 
 
+def test_a_wsd_search_is_finalized_with_poly_unless_finalize_says_otherwise(tmp_path, study):
+    """The search may rank on wsd's annealed scores; the full-budget runs follow the published recipe."""
+    wsd = SPEC.replace("epochs = 1\n", 'epochs = 1\nschedule = "wsd"\n', 1)
+    (tmp_path / "pick.toml").write_text(wsd)
+    spec = load_spec(tmp_path / "pick.toml")
+    assert spec.train_config().schedule == "wsd"
+    assert {c.config.schedule for c in plan(spec, study, spec.finalize)} == {"poly"}
+    (tmp_path / "pick.toml").write_text(wsd + 'schedule = "wsd"\n')
+    spec = load_spec(tmp_path / "pick.toml")
+    assert {c.config.schedule for c in plan(spec, study, spec.finalize)} == {"wsd"}
+
+
 def test_the_baseline_merges_with_the_top_trial_of_the_same_recipe(tmp_path, study):
     study.add_trial(trial(0.99, 0.01, user_attrs={"baseline": True}))  # the baseline's params, now the best
     spec = load_spec(spec_file(tmp_path))

@@ -287,6 +287,8 @@ INVALID = {
     "finalize unknown split": ("[finalize]\nval_split = 'test'\n", "[finalize] val_split: must be one of train, val"),
     "finalize scores its train split": ("[finalize]\nval_split = 'train_aug'\n",
                                         "[finalize] val_split: must differ from train_split ('train_aug')"),
+    "finalize unknown schedule": ("[finalize]\nschedule = 'cosine'\n",
+                                  "[finalize] schedule: must be one of poly, wsd, got 'cosine'"),
     "finalize scratch not a table": ("[finalize]\nscratch = 2\n", "[finalize] scratch: must be a table"),
     "scratch unknown key": ("[finalize.scratch]\nlr_multiplyer = 2\n",
                             "[finalize.scratch] lr_multiplyer: unknown setting or TrainConfig field "
