@@ -81,7 +81,8 @@ def search(pruner: str, table: dict, seed: int, trials: int, train: dict | None
            ) -> tuple[Arm, list[optuna.trial.FrozenTrial]]:
     """One study in the current directory; its own name, storage and runs/ folder."""
     name = f"pruning-{pruner}-{seed}"
-    sections = {"study": {"name": name, "seed": seed, "keep_checkpoints": 0}, "pruner": table}
+    # a search only: the demo's [finalize] (whose budget is checked against [train]'s) does not apply
+    sections = {"study": {"name": name, "seed": seed, "keep_checkpoints": 0}, "pruner": table, "finalize": {}}
     if train is not None:
         sections["train"] = train
     spec = load_spec(STUDY, sections)

@@ -1,132 +1,44 @@
 """python -m hpo.finalize: retrain the study's best configurations at full budget, and report.
 
-The top-k distinct complete configurations of the study, the baseline recipe, and
-ResNet-101 with the best configuration's hyperparameters (ImageNet-pretrained and
-from scratch) are each trained once per seed for the [finalize] budget. Every
+hpo.selection picks the configurations (the top-k, the baseline, ResNet-101 pretrained
+and from scratch with a recipe each, the ablations); each is trained once per seed on
+[finalize] train_split for [finalize] epochs and scored on [finalize] val_split. Every
 (configuration, seed) run has its own run dir under runs/<study>/final/, so a rerun
 reuses finished runs, resumes an interrupted one from its checkpoint and trains only
-what is missing. Then hpo.report writes the tables, figures and report.md.
+what is missing. Then hpo.report writes the tables, statistics, figures and report.md.
+
+Imports flow one way: this CLI imports hpo.selection, hpo.results and hpo.report; none
+of them imports it.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
 import torch
-from optuna.trial import FrozenTrial, TrialState
 from torchvision.models import resnet101
 from tqdm import tqdm
 
 from hpo import report
-from hpo.objective import feasible
+from hpo.results import RESULT, Configuration, FinalRun, read_result
 from hpo.search import load_with_overrides, open_existing_study
+from hpo.selection import plan
 from hpo.spec import FinalizeOptions, StudySpec
-from hpo.storage import safe_url
 from segtrain.cli import ArgumentParser, run
-from segtrain.config import TrainConfig
-from segtrain.engine import CHECKPOINT, RUNTIME_FIELDS, TrainingDiverged, TrainResult, train
+from segtrain.data import require_splits
+from segtrain.engine import CHECKPOINT, TrainingDiverged, TrainResult, train
 from segtrain.errors import UserError, WeightsError
 from segtrain.model import load_backbone_weights, load_state_dict
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STUDY = Path("studies/voc_r50.toml")
-RESULT = "result.json"
-
-
-@dataclass(frozen=True)
-class Configuration:
-    """One configuration of the final table, trained once per seed."""
-
-    name: str  # e.g. "top-1", "baseline", "r101-imagenet"; also names its run dirs
-    description: str  # e.g. "trial 7 = baseline", "ResNet-101, ImageNet-pretrained"
-    roles: tuple[str, ...]  # "top", "baseline", "r101-imagenet", "r101-scratch"
-    trial: int | None  # the search trial it comes from, if any
-    params: dict[str, Any]  # the overrides of the spec's [train] that define it
-    config: TrainConfig  # seed 0; each run replaces the seed
-
-    def for_seed(self, seed: int) -> TrainConfig:
-        return self.config.replace(seed=seed)
-
-    @property
-    def key(self) -> str:
-        """Identifies the training recipe (not where the data is or which device runs it)."""
-        values = {k: v for k, v in self.config.to_dict().items() if k not in RUNTIME_FIELDS | {"seed"}}
-        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
-
-
-@dataclass(frozen=True)
-class FinalRun:
-    """One (configuration, seed) run: its result, or why it has none."""
-
-    configuration: Configuration
-    seed: int
-    run_dir: Path
-    result: TrainResult | None
-    status: str  # "ok", "weights unavailable: ...", "diverged: ...", "out of memory: ..."
-    how: str  # "trained", "resumed", "reused" or "not run"
-
-
-def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Complete, feasible trials with distinct params, best mIoU first; ties go to the cheaper one."""
-    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if feasible(t)]
-    trials.sort(key=lambda t: (-t.value, t.user_attrs.get("seconds", float("inf")), t.number))
-    distinct: dict[str, FrozenTrial] = {}
-    for trial in trials:
-        distinct.setdefault(json.dumps(trial.params, sort_keys=True), trial)
-    return list(distinct.values())
-
-
-def plan(spec: StudySpec, study: optuna.Study, options: FinalizeOptions) -> list[Configuration]:
-    """The configurations to retrain: top-k, baseline, ResNet-101 pretrained and scratch.
-
-    Entries that train the very same recipe (e.g. the baseline is also the best
-    trial) are merged into one configuration carrying both roles.
-    """
-    ranked = ranked_trials(study)
-    if not ranked:
-        raise UserError(f"study '{spec.study.name}' in {safe_url(spec.study.storage)} has no complete "
-                        f"feasible trial to finalize; run more trials: python -m hpo.search --study {spec.path}")
-    if len(ranked) < options.top_k:
-        log.warning("only %d distinct complete configurations in the study (top_k = %d): finalizing those",
-                    len(ranked), options.top_k)
-    full = {"epochs": options.epochs, "seed": 0}
-    entries = [(f"top-{rank}", f"trial {trial.number}", "top", trial.number, dict(trial.params))
-               for rank, trial in enumerate(ranked[:options.top_k], start=1)]
-    if spec.baseline:
-        baseline = next((t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")), None)
-        entries.append(("baseline", "the [baseline] recipe", "baseline", baseline, dict(spec.baseline)))
-    best = ranked[0]
-    weights = options.pretrained_weights or "imagenet"
-    source = f" ({weights})" if options.pretrained_weights else ""
-    entries.append(("r101-imagenet", f"ResNet-101, ImageNet-pretrained{source}, trial {best.number}'s "
-                    "hyperparameters", "r101-imagenet", best.number,
-                    {**best.params, "backbone": "resnet101", "pretrained": weights}))
-    entries.append(("r101-scratch", f"ResNet-101 from scratch, trial {best.number}'s hyperparameters",
-                    "r101-scratch", best.number, {**best.params, "backbone": "resnet101", "pretrained": None}))
-
-    configurations: list[Configuration] = []
-    for name, description, role, trial, params in entries:
-        configuration = Configuration(name, description, (role,), trial, params,
-                                      spec.train_config({**params, **full}))
-        same = next((i for i, c in enumerate(configurations) if c.key == configuration.key), None)
-        if same is None:
-            configurations.append(configuration)
-        else:
-            merged = configurations[same]
-            configurations[same] = dataclasses.replace(
-                merged, description=f"{merged.description} = {name}", roles=merged.roles + (role,))
-    return configurations
 
 
 def run_dir_for(final_dir: Path, configuration: Configuration, seed: int) -> Path:
@@ -134,14 +46,6 @@ def run_dir_for(final_dir: Path, configuration: Configuration, seed: int) -> Pat
     existing = sorted(final_dir.glob(f"*-{configuration.key}"))
     folder = existing[0] if existing else final_dir / f"{configuration.name}-{configuration.key}"
     return folder / f"seed-{seed}"
-
-
-def read_result(path: Path) -> TrainResult:
-    try:
-        return TrainResult.from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{path}: unreadable result ({error.__class__.__name__}); delete it to "
-                        f"train that run again") from None
 
 
 def run_one(configuration: Configuration, seed: int, run_dir: Path) -> FinalRun:
@@ -199,6 +103,7 @@ def finalize(spec: StudySpec, options: FinalizeOptions) -> report.Outputs:
     """
     study = open_existing_study(spec)
     configurations = plan(spec, study, options)
+    require_splits(configurations[0].config)  # finalize's own splits, before any training
     final_dir = spec.study.output_dir / "final"
     runs = run_all(configurations, options.seeds, final_dir)
     return report.write(spec, study, options, runs, final_dir)

@@ -11,6 +11,10 @@ How trials end, and why:
 - out of memory: FAIL, reason recorded. It says nothing about segmentation
   quality, only about this GPU, so the sampler should ignore it rather than
   learn "large crops are bad"; such trials fail at their first step, cheaply.
+
+Each trial records its compute as user attributes: `seconds` (wall time) and `epochs`
+(epochs of the train split trained, decay branches of the wsd schedule included), as
+of its last evaluation; the search summary and benchmarks/pruning.py sum them.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ class Objective:
         def report(result: EvalResult) -> None:
             history.append(result)
             trial.set_user_attr("seconds", result.seconds)
-            trial.set_user_attr("epochs", result.epoch)
+            trial.set_user_attr("epochs", result.epochs_trained)
             trial.report(result.miou, result.point)
             # at the last evaluation the budget is spent: pruning would only discard the result
             if result.point < cfg.eval_points and trial.should_prune():
@@ -81,7 +85,7 @@ class Objective:
             raise
         for key in ("seconds", "images_per_second", "peak_memory_bytes", "best_miou", "parameters"):
             trial.set_user_attr(key, getattr(result, key))
-        trial.set_user_attr("epochs", result.history[-1].epoch)
+        trial.set_user_attr("epochs", result.history[-1].epochs_trained)
         return result.final_miou
 
     def adopt_checkpoint(self, trial: optuna.Trial, run_dir: Path) -> bool:

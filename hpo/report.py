@@ -1,366 +1,228 @@
-"""The final report: tables, plotly figures and report.md from a study and its final runs.
+"""report.md and the study's note, from finalize's runs; write() writes every output file and attaches them.
 
-Writes into runs/<study>/final/: results.csv and results.json (one row per run and
-mean +/- std per configuration), per_class_iou.csv, figures.html (self-contained,
-works offline), PNGs when kaleido can render them, and report.md; then attaches
-them to the study (Optuna's artifact store and a note) for optuna-dashboard.
+hpo.finalize hands it plain data (the spec, the study, the options and the runs);
+this module reads them through hpo.results, hpo.compare, hpo.factors, hpo.tables,
+hpo.figures, hpo.published and hpo.artifacts, and imports none of hpo.finalize.
+Every sentence that compares two configurations comes from a hpo.compare.Comparison:
+better, worse or inconclusive at n seeds, with its interval and p.
 """
 
 from __future__ import annotations
 
-import csv
-import html
-import importlib.util
-import io
-import math
 import os
-import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
-import plotly.graph_objects as go
-from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
-from optuna.artifacts.exceptions import ArtifactNotFound
-from optuna_dashboard import save_note
-from plotly.colors import qualitative
 
+from hpo import compare, tables
+from hpo.artifacts import attach
+from hpo.compare import Agreement, Comparison
+from hpo.factors import EVALUATOR_NAME, Effect, Ranking, effects, importances
+from hpo.figures import figures, figures_html, write_pngs
+from hpo.published import PUBLISHED, matches
+from hpo.results import OWN_PROTOCOL, FinalRun, Summary, find, miou_title, summarize
 from hpo.search import Counts, summary_lines
+from hpo.selection import ranked_trials
 from hpo.spec import FinalizeOptions, StudySpec
+from hpo.stats import ALPHA, EXACT_PERMUTATION_MAX_N
 from hpo.storage import dashboard_command, safe_url
-from segtrain.data.labels import CLASS_NAMES
-from segtrain.fileio import write_atomic, write_json_atomic, write_text_atomic
+from segtrain.fileio import write_json_atomic, write_text_atomic
 
-if TYPE_CHECKING:
-    from hpo.finalize import Configuration, FinalRun
-
-# (column, TrainResult attribute): the per-run numbers averaged over seeds
-METRICS = (("miou", "final_miou"), ("pixel_accuracy", "pixel_accuracy"), ("seconds", "seconds"),
-           ("images_per_second", "images_per_second"), ("peak_memory_bytes", "peak_memory_bytes"),
-           ("parameters", "parameters"))
-SLICE_PARAMS = ("lr", "crop_size", "batch_size", "output_stride")
 DOCS_RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
-# Published DeepLabV3 results on VOC 2012 val (mIoU %, ImageNet-pretrained backbones, train_aug,
-# single scale); each checked against its source in docs/results.md, which lists protocols and caveats.
-PUBLISHED = (
-    ("DeepLabV3 paper (Chen et al. 2017, arXiv:1706.05587)", "ResNet-101", "OS 16, multi-grid + image pooling",
-     77.21, "https://arxiv.org/abs/1706.05587"),
-    ("VainF/DeepLabV3Plus-Pytorch", "ResNet-50", "OS 16, 513 crops, batch 16, 30k it, 513 center-crop eval",
-     76.9, "https://github.com/VainF/DeepLabV3Plus-Pytorch"),
-    ("VainF/DeepLabV3Plus-Pytorch", "ResNet-101", "OS 16, 513 crops, batch 16, 30k it, 513 center-crop eval",
-     77.3, "https://github.com/VainF/DeepLabV3Plus-Pytorch"),
-    ("open-mmlab/mmsegmentation", "ResNet-50-V1c", "OS 8, 512 crops, batch 16, 20k it, aux head",
-     76.17, "https://github.com/open-mmlab/mmsegmentation/tree/main/configs/deeplabv3"),
-    ("open-mmlab/mmsegmentation", "ResNet-101-V1c", "OS 8, 512 crops, batch 16, 20k it, aux head",
-     78.70, "https://github.com/open-mmlab/mmsegmentation/tree/main/configs/deeplabv3"),
-)
+HE_ET_AL = "He, Girshick & Dollár (2019, *Rethinking ImageNet Pre-training*, arXiv:1811.08883)"
+# the TrainConfig settings that shape each schedule's learning rate, besides warmup_epochs
+SCHEDULE_SETTINGS = {"poly": ("poly_power",), "wsd": ("decay_fraction", "decay_shape")}
+FACTOR_CAVEAT = ("These are the search's trials, not a controlled experiment: TPE chose each trial's values "
+                 "given the earlier results, the parameters vary together, and pruning stopped the trials it "
+                 "ranked low at the first evaluation, so a value's scores mix its own effect with those of the "
+                 "values it was sampled with. The final table and the ablation are the controlled comparisons.")
+FILES = ("report.md", "results.csv", "results.json", "per_class_iou.csv", "figures.html")
 
 
 @dataclass(frozen=True)
-class Stat:
-    mean: float | None
-    std: float | None  # sample standard deviation over seeds; None for fewer than two
+class Analysis:
+    """Everything the report states, computed once from the runs and the study."""
 
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Stat:
-        values = [float(v) for v in values]
-        return cls(statistics.fmean(values) if values else None,
-                   statistics.stdev(values) if len(values) > 1 else None)
-
-    def format(self, spec: str, scale: float = 1.0, unit: str = "") -> str:
-        if self.mean is None:
-            return "-"
-        text = format(self.mean / scale, spec)
-        return text + (f" ± {format(self.std / scale, spec)}" if self.std is not None else "") + unit
-
-
-@dataclass(frozen=True)
-class Summary:
-    """One configuration over its seeds."""
-
-    configuration: Configuration
-    runs: list[FinalRun]
-    stats: dict[str, Stat]
-    per_class_iou: list[Stat]
-    status: str  # "ok", or what went wrong (e.g. "weights unavailable: ...")
+    summaries: list[Summary]
+    comparisons: list[Comparison]
+    agreement: Agreement
+    effects: list[Effect]
+    rankings: list[Ranking]
 
     @property
-    def ok(self) -> list[FinalRun]:
-        return [run for run in self.runs if run.result is not None]
+    def protocols(self) -> list[str]:
+        return tables.protocol_columns(self.summaries)
 
-    @classmethod
-    def of(cls, configuration: Configuration, runs: list[FinalRun]) -> Summary:
-        results = [run.result for run in runs if run.result is not None]
-        stats = {column: Stat.of([getattr(r, attribute) for r in results]) for column, attribute in METRICS}
-        per_class = [Stat.of([r.per_class_iou[c] for r in results if r.per_class_iou[c] is not None])
-                     for c in range(len(CLASS_NAMES))]
-        problems = sorted({run.status for run in runs if run.status != "ok"})
-        status = "ok" if not problems else "; ".join(problems) if not results else \
-            f"{len(results)} of {len(runs)} runs; " + "; ".join(problems)
-        return cls(configuration, runs, stats, per_class, status)
-
-    def role(self, role: str) -> bool:
-        return role in self.configuration.roles
+    def family(self, family: str) -> list[Comparison]:
+        return [c for c in self.comparisons if c.family == family]
 
 
-def summarize(runs: Sequence[FinalRun]) -> list[Summary]:
-    """Per configuration, in the order of the runs."""
-    names = list(dict.fromkeys(run.configuration.name for run in runs))
-    return [Summary.of(next(r.configuration for r in runs if r.configuration.name == name),
-                       [r for r in runs if r.configuration.name == name]) for name in names]
+def analyse(spec: StudySpec, study: optuna.Study, runs: Sequence[FinalRun]) -> Analysis:
+    summaries = summarize(runs)
+    return Analysis(summaries, [c for p in tables.protocol_columns(summaries)
+                                for c in compare.comparisons(summaries, p)],
+                    compare.rank_agreement(summaries), effects(study, spec.space), importances(study))
 
 
-# --- tables
+# --- sentences
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A pipe table whose columns line up, so it reads the same in a terminal and in Markdown."""
-    cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-
-    def line(row: Sequence[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"
-
-    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-                      *map(line, cells[1:])])
+def selection_sentence(spec: StudySpec, options: FinalizeOptions) -> str:
+    search = spec.train_config()
+    if search.val_split == options.val_split:
+        return (f"The search selected its configurations on `{search.val_split}`, the split this table reports, "
+                "so the top configurations' scores and their gains over the baseline are biased upwards by that "
+                "selection.")
+    return (f"The search trained on `{search.train_split}` and selected on `{search.val_split}`; this table "
+            f"reports `{options.val_split}`, which the search never scored, so the selection does not bias it.")
 
 
-def final_table(summaries: Sequence[Summary]) -> str:
-    headers = ["configuration", "what", "seeds", "mIoU", "pixel accuracy", "seconds", "images/s",
-               "peak memory", "parameters", "note"]
-    rows = []
-    for s in summaries:
-        stats = s.stats
-        rows.append([s.configuration.name, s.configuration.description, f"{len(s.ok)}/{len(s.runs)}",
-                     stats["miou"].format(".4f"), stats["pixel_accuracy"].format(".4f"),
-                     stats["seconds"].format(".1f"), stats["images_per_second"].format(".1f"),
-                     stats["peak_memory_bytes"].format(".0f", 2**20, " MiB"),
-                     Stat(stats["parameters"].mean, None).format(".1f", 1e6, "M"),  # the same for every seed
-                     "" if s.status == "ok" else s.status])
-    return markdown_table(headers, rows)
+def permutation_note(options: FinalizeOptions) -> str:
+    n = len(options.seeds)
+    if n > EXACT_PERMUTATION_MAX_N:
+        return (f"The exact sign-flip p is given up to {EXACT_PERMUTATION_MAX_N} seeds; with {n}, the t-test "
+                "stands alone.")
+    return (f"Beside it, the exact sign-flip permutation p assumes nothing about the distribution, but with "
+            f"{n} seeds it can never fall below {2 / 2 ** n:.3g}: no distribution-free claim is possible at this "
+            "many seeds, so the verdicts rest on the t-test, that is, on roughly normal variation from seed to "
+            "seed.")
 
 
-def present_classes(summaries: Sequence[Summary]) -> list[int]:
-    """Classes with an IoU in some run (a synthetic set uses only a few of VOC's 21)."""
-    return [c for c in range(len(CLASS_NAMES)) if any(s.per_class_iou[c].mean is not None for s in summaries)]
+def search_schedule(spec: StudySpec) -> dict[str, Any]:
+    """The learning-rate schedule the search trained its trials with, its settings, its warm-up, and the budget
+    (a searched schedule or setting says "searched")."""
+    config, searched = spec.train_config(), {param.name for param in spec.space}
+    schedule = "searched" if "schedule" in searched else config.schedule
+    keys = [*SCHEDULE_SETTINGS.get(schedule, ()), *(["warmup_epochs"] if config.warmup_epochs else [])]
+    return {"schedule": schedule, **{key: "searched" if key in searched else getattr(config, key) for key in keys},
+            "epochs": config.epochs}
 
 
-def per_class_table(summaries: Sequence[Summary]) -> str:
-    classes = present_classes(summaries)
-    rows = [[s.configuration.name, *(s.per_class_iou[c].format(".3f") for c in classes)]
-            for s in summaries if s.ok]
-    return markdown_table(["configuration", *(CLASS_NAMES[c] for c in classes)], rows)
+def schedule_text(spec: StudySpec) -> str:
+    """E.g. 'schedule `poly` (poly_power = 1.0), 4 epochs'."""
+    settings = search_schedule(spec)
+    schedule, epochs = settings.pop("schedule"), settings.pop("epochs")
+    details = ", ".join(f"{key} = {value!r}" for key, value in settings.items())
+    return f"schedule `{schedule}`" + (f" ({details})" if details else "") + f", {epochs:g} epochs"
 
 
-def run_record(run: FinalRun) -> dict[str, Any]:
-    r = run.result
-    return {"kind": "run", "configuration": run.configuration.name, "description": run.configuration.description,
-            "seed": run.seed, "runs": 1, "status": run.status,
-            **{column: getattr(r, attribute) if r else None for column, attribute in METRICS},
-            "best_miou": r.best_miou if r else None, "mean_class_accuracy": r.mean_class_accuracy if r else None,
-            "steps": r.steps if r else None, "run_dir": str(run.run_dir)}
+def rank_lines(spec: StudySpec, study: optuna.Study, options: FinalizeOptions, analysis: Analysis) -> list[str]:
+    rank = analysis.agreement.rank
+    names = ", ".join(analysis.agreement.names) or "none"
+    search = spec.train_config()
+    if rank.tau is None:
+        agreement = f"Kendall's tau needs two such configurations with a result; there are {rank.n} ({names})."
+    else:
+        p = "-" if rank.p is None else f"{rank.p:.2g}"
+        agreement = (f"Kendall's tau = {rank.tau:+.2f} (n = {rank.n}, p = {p}) between the search's "
+                     f"scores (on `{search.val_split}`) and the full-budget means ({miou_title(OWN_PROTOCOL)} on "
+                     f"`{options.val_split}`) of the configurations that are search trials: {names}.")
+    lines = [agreement, "",
+             f"The search's proxy: {schedule_text(spec)} on `{search.train_split}`; finalize: {options.epochs:g} "
+             f"epochs on `{options.train_split}`. A tau near 1 says the short-budget ranking held at full budget on "
+             "this data; near 0 or below, it did not.", ""]
+    best = find(analysis.summaries, "top")
+    if best is not None and best.configuration.search_value is not None:
+        complete = len(ranked_trials(study))
+        lines += [f"Top-1 (trial {best.configuration.trial}) was chosen as the best of {complete} distinct complete "
+                  f"configurations of the search, so its search score ({best.configuration.search_value:.4f}) is "
+                  "biased upwards by that choice (the winner's curse) and it is likely to lose ground at full "
+                  "budget; its full-budget numbers come from new runs"
+                  + (" on images the search never scored." if search.val_split != options.val_split else
+                     " on the very images it was selected on, so they keep part of that bias."), ""]
+    return lines
 
 
-def summary_record(s: Summary) -> dict[str, Any]:
-    return {"kind": "mean", "configuration": s.configuration.name, "description": s.configuration.description,
-            "seed": "mean", "runs": len(s.ok), "status": s.status,
-            **{key: value for column, stat in s.stats.items()
-               for key, value in ((column, stat.mean), (f"{column}_std", stat.std))}}
+def comparison_lines(found: Sequence[Comparison]) -> list[str]:
+    return [tables.comparison_table(found), "", *(f"- {c.sentence()}" for c in found), ""] if found else []
 
 
-def csv_text(records: Sequence[dict[str, Any]]) -> str:
-    columns = list(dict.fromkeys(key for record in records for key in record))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(records)
-    return buffer.getvalue()
+def baseline_lines(analysis: Analysis, options: FinalizeOptions) -> list[str]:
+    baseline = find(analysis.summaries, "baseline")
+    if baseline is None:
+        return ["The spec has no [baseline], so there is no baseline row to compare with.", ""]
+    found = analysis.family(compare.TOP_VS_BASELINE)
+    family = len({(c.a, c.b) for c in found})
+    lines = [f"Each top-k configuration vs the baseline (`{baseline.name}`), paired by seed: the mean of the "
+             "per-seed differences over the seeds both finished, its 95% t-interval, the paired t-test's p and that "
+             f"p Holm-adjusted over the {family} comparison{'s' if family != 1 else ''} (the top-k were picked "
+             f"among many trials). A verdict is better or worse when the Holm-adjusted p is below {ALPHA:g}, else "
+             "inconclusive. \"detectable (80%)\" is the smallest difference a paired t-test on these seeds finds "
+             "with 80% power at the observed spread of the differences (exact, from the noncentral t "
+             f"distribution). {permutation_note(options)}", ""]
+    if baseline.role("top"):
+        lines += [f"The baseline recipe is itself one of the top configurations ({baseline.name}).", ""]
+    return lines + comparison_lines(found)
 
 
-def results_csv(summaries: Sequence[Summary]) -> str:
-    """Each configuration's runs, then its mean +/- std row (kind = mean)."""
-    order = ["kind", "configuration", "description", "seed", "runs", "status"] + \
-            [key for column, _ in METRICS for key in (column, f"{column}_std")] + \
-            ["best_miou", "mean_class_accuracy", "steps", "run_dir"]
-    records = [record for s in summaries for record in (*map(run_record, s.runs), summary_record(s))]
-    return csv_text([{key: record.get(key) for key in order} for record in records])
-
-
-def per_class_csv(summaries: Sequence[Summary]) -> str:
-    classes = present_classes(summaries)
-    records = []
-    for s in summaries:
-        for run in s.ok:
-            records.append({"kind": "run", "configuration": s.configuration.name, "seed": run.seed,
-                            **{CLASS_NAMES[c]: run.result.per_class_iou[c] for c in classes}})
-        if s.ok:
-            records.append({"kind": "mean", "configuration": s.configuration.name, "seed": "mean",
-                            **{CLASS_NAMES[c]: s.per_class_iou[c].mean for c in classes}})
-            records.append({"kind": "std", "configuration": s.configuration.name, "seed": "std",
-                            **{CLASS_NAMES[c]: s.per_class_iou[c].std for c in classes}})
-    return csv_text(records)
-
-
-def results_json(spec: StudySpec, options: FinalizeOptions, summaries: Sequence[Summary]) -> dict[str, Any]:
-    return {
-        "study": spec.study.name, "spec": str(spec.path), "storage": safe_url(spec.study.storage),
-        "epochs": options.epochs, "seeds": list(options.seeds),
-        "configurations": [{**summary_record(s), "roles": list(s.configuration.roles),
-                            "trial": s.configuration.trial, "params": s.configuration.params,
-                            "config": s.configuration.config.to_dict(),
-                            "per_class_iou": {CLASS_NAMES[c]: {"mean": s.per_class_iou[c].mean,
-                                                               "std": s.per_class_iou[c].std}
-                                              for c in present_classes(summaries)}}
-                           for s in summaries],
-        "runs": [{**run_record(run), "per_class_iou": run.result.per_class_iou if run.result else None,
-                  "history": run.result.to_dict()["history"] if run.result else None}
-                 for s in summaries for run in s.runs],
-    }
-
-
-# --- sentences derived from the numbers
-
-def find(summaries: Sequence[Summary], role: str) -> Summary | None:
-    return next((s for s in summaries if s.role(role)), None)
-
-
-def difference(a: Summary, b: Summary) -> tuple[float, bool]:
-    """mean mIoU of a - b, and whether it is within the spread between seeds (1 combined std)."""
-    diff = a.stats["miou"].mean - b.stats["miou"].mean
-    stds = [s.stats["miou"].std for s in (a, b)]
-    noise = math.hypot(*stds) if None not in stds else None
-    return diff, noise is not None and abs(diff) <= noise
-
-
-def comparison_sentence(summaries: Sequence[Summary], epochs: float) -> str:
-    """E.g. 'ImageNet pretraining adds 0.0312 mIoU at this budget (4 epochs): ...'."""
-    pretrained, scratch = find(summaries, "r101-imagenet"), find(summaries, "r101-scratch")
+def r101_lines(analysis: Analysis) -> list[str]:
+    pretrained, scratch = find(analysis.summaries, "r101-imagenet"), find(analysis.summaries, "r101-scratch")
     for s, what in ((pretrained, "ImageNet-pretrained"), (scratch, "from-scratch")):
         if s is None or not s.ok:
-            return f"No ResNet-101 comparison: the {what} run has no result ({s.status if s else 'not planned'})."
-    diff, noisy = difference(pretrained, scratch)
-    sentence = (f"ImageNet pretraining {'adds' if diff >= 0 else 'costs'} {abs(diff):.4f} mIoU at this budget "
-                f"({epochs:g} epochs): ResNet-101 scores {pretrained.stats['miou'].format('.4f')} pretrained "
-                f"vs {scratch.stats['miou'].format('.4f')} from scratch "
-                f"({len(pretrained.ok)} and {len(scratch.ok)} seeds).")
-    return sentence + (" The difference is within the spread between seeds." if noisy else "")
+            return [f"No ResNet-101 comparison: the {what} run has no result "
+                    f"({s.status if s else 'not planned'}).", ""]
+    budget = (f"{pretrained.configuration.config.epochs:g} epochs pretrained, "
+              f"{scratch.configuration.config.epochs:g} from scratch")
+    lines = [f"Each arm has a recipe fit for it. The pretrained arm keeps the best configuration's recipe "
+             f"(trial {pretrained.configuration.trial}, tuned in this search for the study's backbone); the "
+             "scratch arm changes it with `[finalize.scratch]` (defaults after He et al.: the whole network at "
+             "the head's learning rate, a linear warm-up, the same budget). The settings in which they differ:", "",
+             tables.recipe_table(pretrained, scratch), ""]
+    for c in analysis.family(compare.PRETRAINED_VS_SCRATCH):
+        lines += [f"At this budget ({budget}) and with these recipes, {c.sentence()}", ""]
+    lines += [f"Context: {HE_ET_AL} found on COCO detection that networks trained from random initialisation "
+              "catch up with ImageNet pre-training given normalisation that suits them (GroupNorm or SyncBN) and "
+              "about three times the fine-tuning schedule. A gap here measures pre-training at this budget and "
+              "with these recipes, not pre-training as such; `[finalize.scratch] epochs_multiplier` asks the "
+              "longer question.", ""]
+    return lines
 
 
-def baseline_sentence(summaries: Sequence[Summary]) -> str:
-    best, baseline = find(summaries, "top"), find(summaries, "baseline")
-    if baseline is None:
-        return "The spec has no [baseline], so there is no baseline row."
-    if best is baseline:
-        return "The baseline recipe is also the best configuration of the search."
-    if not (best and best.ok and baseline.ok):
-        return "No baseline comparison: " + ("the baseline" if best and best.ok else "the best configuration") + \
-               " has no result."
-    diff, noisy = difference(best, baseline)
-    return (f"The best configuration ({best.configuration.name}, {best.configuration.description}) scores "
-            f"{best.stats['miou'].format('.4f')} mIoU, {diff:+.4f} against the baseline's "
-            f"{baseline.stats['miou'].format('.4f')}"
-            + (", within the spread between seeds." if noisy else "."))
+def ablation_lines(analysis: Analysis, options: FinalizeOptions) -> list[str]:
+    best = find(analysis.summaries, "top")
+    found = analysis.family(compare.ABLATION)
+    runs = len({c.a for c in found})
+    if not options.ablation or best is None:
+        return ["No `[finalize.ablation]` in the spec: no one-factor-at-a-time runs.", ""]
+    lines = [f"One setting of {best.name}'s recipe (trial {best.configuration.trial}) changed at a time, trained "
+             "at the full budget over the same seeds; each row's difference is paired by seed with "
+             f"{best.name} and Holm-adjusted over the {runs} ablation configuration{'s' if runs != 1 else ''}.", ""]
+    for protocol in analysis.protocols:
+        by_name = {c.a: c for c in found if c.protocol == protocol}
+        for factor, values in options.ablation.items():
+            rows = []
+            for value in values:
+                s = next((x for x in analysis.summaries if x.configuration.factor == (factor, value)), None)
+                if s is None and getattr(best.configuration.config, factor) == value:
+                    rows.append((value, best, None))
+                elif s is not None:
+                    rows.append((value, s, by_name.get(s.name)))
+            lines += [f"**{factor}** ({miou_title(protocol)})", "",
+                      tables.ablation_table(factor, rows, protocol), ""]
+        lines += [f"- {by_name[name].sentence()}" for name in by_name] + [""]
+    return lines
 
 
-# --- figures
-
-Figure = go.Figure | str  # a figure, or why it could not be drawn
-
-
-def _try(draw: Callable[[], go.Figure]) -> Figure:
-    try:
-        return draw()
-    except (ValueError, RuntimeError, ZeroDivisionError) as error:  # too few trials, one value per param ...
-        return " ".join(f"{error.__class__.__name__}: {error}".split())
-
-
-def figures(study: optuna.Study, summaries: Sequence[Summary]) -> dict[str, tuple[str, Figure]]:
-    """id -> (title, figure): the search (Optuna's plots) and the final runs."""
-    searched = {name for t in study.get_trials(deepcopy=False) for name in t.params}
-    slice_params = [p for p in SLICE_PARAMS if p in searched]
-    vis = optuna.visualization
-    return {
-        "optimization-history": ("Optimization history", _try(lambda: vis.plot_optimization_history(
-            study, target_name="val mIoU"))),
-        "param-importances": ("Parameter importance (Optuna's default evaluator)",
-                              _try(lambda: vis.plot_param_importances(study, target_name="val mIoU"))),
-        "parallel-coordinate": ("Parallel coordinates", _try(lambda: vis.plot_parallel_coordinate(
-            study, target_name="val mIoU"))),
-        "slice": (f"Slice plots: {', '.join(slice_params) or 'none of ' + ', '.join(SLICE_PARAMS)}",
-                  _try(lambda: vis.plot_slice(study, params=slice_params, target_name="val mIoU"))
-                  if slice_params else f"none of {', '.join(SLICE_PARAMS)} is searched"),
-        "learning-curves": ("Learning curves of the final runs", learning_curves(summaries)),
-        "per-class-iou": ("Per-class IoU of the final runs (mean ± std over seeds)", per_class_bars(summaries)),
-    }
+def factor_lines(found: Sequence[Effect]) -> list[str]:
+    if not found:
+        return ["No searched parameter was sampled by a trial that reached its first evaluation.", ""]
+    lines = ["For each searched parameter, the search's trials grouped by value (categorical) or by tercile of the "
+             "sampled values (float and int; each range holds about a third of the trials): how many reached the "
+             "first evaluation and their median and best score there (complete and pruned trials alike), and the "
+             "complete trials' median and best score at the end of the search budget.", ""]
+    for effect in found:
+        lines += [effect.sentence(), "", tables.effect_table(effect), ""]
+    return lines + [FACTOR_CAVEAT + " Figure: `factor-effects` in [figures.html](figures.html).", ""]
 
 
-def learning_curves(summaries: Sequence[Summary]) -> go.Figure:
-    figure = go.Figure()
-    for index, s in enumerate(summaries):
-        colour = qualitative.Plotly[index % len(qualitative.Plotly)]
-        for run in s.ok:
-            history = run.result.history
-            figure.add_trace(go.Scatter(x=[h.epoch for h in history], y=[h.miou for h in history],
-                                        mode="lines+markers", name=f"{s.configuration.name} seed {run.seed}",
-                                        legendgroup=s.configuration.name, line={"color": colour}))
-    return figure.update_layout(xaxis_title="epoch", yaxis_title="val mIoU")
-
-
-def per_class_bars(summaries: Sequence[Summary]) -> go.Figure:
-    classes = present_classes(summaries)
-    figure = go.Figure()
-    for s in summaries:
-        if s.ok:
-            figure.add_trace(go.Bar(name=s.configuration.name, x=[CLASS_NAMES[c] for c in classes],
-                                    y=[s.per_class_iou[c].mean for c in classes],
-                                    error_y={"type": "data", "array": [s.per_class_iou[c].std or 0.0
-                                                                       for c in classes]}))
-    return figure.update_layout(barmode="group", yaxis_title="IoU")
-
-
-def figures_html(title: str, drawn: dict[str, tuple[str, Figure]]) -> str:
-    """One page holding every figure; plotly.js is inlined once, so it works offline."""
-    parts, inlined = [], False
-    for figure_id, (heading, figure) in drawn.items():
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
-        if isinstance(figure, str):
-            parts.append(f"<p>Not drawn: {html.escape(figure)}</p>")
-            continue
-        parts.append(figure.to_html(full_html=False, include_plotlyjs=not inlined, div_id=figure_id))
-        inlined = True
-    return (f'<!DOCTYPE html>\n<html>\n<head><meta charset="utf-8"><title>{html.escape(title)}</title></head>\n'
-            f"<body>\n<h1>{html.escape(title)}</h1>\n" + "\n".join(parts) + "\n</body>\n</html>\n")
-
-
-def write_pngs(drawn: dict[str, tuple[str, Figure]], directory: Path) -> str:
-    """PNG files when kaleido (and the browser it drives) can render them; else one line saying why not."""
-    if importlib.util.find_spec("kaleido") is None:
-        return "PNG figures skipped: kaleido is not installed (pip install kaleido; it also needs Chrome)"
-    written = 0
-    for figure_id, (_, figure) in drawn.items():
-        if isinstance(figure, str):
-            continue
-        try:
-            image = figure.to_image(format="png")
-        except Exception as error:  # kaleido's errors vary by version: no Chrome, no display, ...
-            return f"PNG figures skipped: kaleido cannot render ({' '.join(str(error).split())[:200]})"
-        write_atomic(directory / f"{figure_id}.png", lambda file, data=image: file.write(data))
-        written += 1
-    return f"PNG figures: {written} files in {directory}"
-
-
-# --- report.md
-
-def importance_ranking(study: optuna.Study) -> str:
-    try:
-        importances = optuna.importance.get_param_importances(study)
-    except (ValueError, RuntimeError, ZeroDivisionError) as error:
-        return f"Not available: {' '.join(str(error).split())}"
-    if not importances:
-        return "Not available: no parameter varies across the complete trials."
-    rows = [[rank, name, f"{value:.3f}"] for rank, (name, value) in enumerate(importances.items(), start=1)]
-    return markdown_table(["rank", "parameter", "importance"], rows)
+def importance_lines(rankings: Sequence[Ranking]) -> list[str]:
+    counts = "; and over ".join(f"the {r.n} {r.trials}" for r in rankings)
+    return [f"{EVALUATOR_NAME}, computed twice: over {counts}. The second ranking keeps the trials that pruning "
+            "stopped, so that the survivors of pruning do not decide alone. With a few dozen trials, treat small "
+            "differences between parameters as noise.", "",
+            tables.importance_table(rankings), ""]
 
 
 def docs_link(final_dir: Path) -> str:
@@ -369,96 +231,82 @@ def docs_link(final_dir: Path) -> str:
     return "docs/results.md in the deeplab-hpo repository"
 
 
-def published_section(spec: StudySpec, final_dir: Path) -> str:
-    rows = [[source, backbone, protocol, f"{miou:.2f}", url] for source, backbone, protocol, miou, url in PUBLISHED]
+def published_lines(spec: StudySpec, final_dir: Path, summaries: Sequence[Summary]) -> list[str]:
     synthetic = spec.train_config().synthetic
-    caveat = ("This study ran on **synthetic** data: these figures are context, not a target."
-              if synthetic else
-              "They are comparable with this study's numbers only where the protocol matches "
-              "(train set, crop, batch, schedule, output stride, eval mode).")
-    return "\n".join([
-        "## Published reference figures (not measured here)", "",
-        "Published DeepLabV3 results on PASCAL VOC 2012 **val**, mIoU in **percent** (this report's own "
-        "numbers are fractions), ImageNet-pretrained backbones trained on train_aug, single-scale "
-        f"evaluation. Protocols, caveats and how each was checked: {docs_link(final_dir)}. {caveat}", "",
-        markdown_table(["source (published)", "backbone", "protocol", "val mIoU %", "link"], rows)])
+    found = [] if synthetic else matches(summaries)
+    caveat = ("This study ran on **synthetic** data: these figures are context, not a target, and none is set "
+              "beside its numbers." if synthetic else
+              "A configuration appears beside a figure only where backbone (ImageNet-pretrained), splits (trained "
+              "on train_aug, scored on val), training output stride and evaluation protocol (output stride, "
+              "scales, flip) are the same; what still differs is listed, and the training recipe (crops, batch, "
+              "schedule) may differ too.")
+    return ["## Published reference figures (not measured here)", "",
+            "Published DeepLabV3 results on PASCAL VOC 2012 **val**, mIoU in **percent** (this report's own numbers "
+            "are fractions; beside a figure they are shown in percent), ImageNet-pretrained backbones trained on "
+            f"train_aug. Protocols, caveats and how each was checked: {docs_link(final_dir)}. {caveat}", "",
+            tables.published_table(PUBLISHED, found), ""]
 
 
-def report_markdown(spec: StudySpec, study: optuna.Study, options: FinalizeOptions,
-                    summaries: Sequence[Summary], png_line: str, files: Sequence[str], final_dir: Path) -> str:
+def report_markdown(spec: StudySpec, study: optuna.Study, options: FinalizeOptions, analysis: Analysis,
+                    png_line: str, final_dir: Path) -> str:
     counts = Counts.of(study)
+    summaries = analysis.summaries
     final_seconds = sum(run.result.seconds for s in summaries for run in s.ok)
-    weights_hint = any(s.status.startswith("weights unavailable") for s in summaries)
+    scratch = options.scratch.epochs_multiplier
     lines = [
         f"# Final results: study `{spec.study.name}`", "",
-        f"Spec `{spec.path}`, storage `{safe_url(spec.study.storage)}`. Each configuration was retrained for "
-        f"{options.epochs:g} epochs with seeds {', '.join(map(str, options.seeds))}; numbers are the val "
-        "scores at the end of training, mean ± sample std over seeds. On a CPU, peak memory is the peak "
-        "resident set of the finalize process, so it includes the runs before it.", "",
-        "## Final table", "", final_table(summaries), "",
-        baseline_sentence(summaries), "",
+        f"Spec `{spec.path}`, storage `{safe_url(spec.study.storage)}`. Each configuration was retrained on "
+        f"`{options.train_split}` for {options.epochs:g} epochs"
+        + (f" ({options.epochs * scratch:g} for the scratch arm)" if scratch != 1 else "")
+        + f" with seeds {', '.join(map(str, options.seeds))}, and scored on `{options.val_split}` at the end of "
+        f"training. {selection_sentence(spec, options)}", "",
+        f"Per configuration: seeds finished/planned, the {miou_title(OWN_PROTOCOL)} (single scale, at the output "
+        "stride it trained with, no flip) as mean ± sample standard deviation over the finished seeds, and the "
+        "95% t-interval of that mean. A seed that failed (diverged, out of memory, weights unavailable) is listed "
+        "with its reason and left out of the mean, never dropped silently. Peak memory is each run's own (CUDA: "
+        "peak allocated; CPU: peak resident set since the run started, what the process already held included).",
+        "",
+        "## Final table", "", tables.final_table(summaries), "",
     ]
-    if weights_hint:
+    if any("weights unavailable" in s.status for s in summaries):
         lines += ["To run the pretrained ResNet-101 offline, pass a local torchvision ResNet-101 state_dict: "
                   "`--pretrained-weights PATH` (or `[finalize] pretrained_weights`).", ""]
     lines += [
-        "## ResNet-101: ImageNet-pretrained vs from scratch", "",
-        comparison_sentence(summaries, options.epochs), "",
-        "## Per-class IoU (mean ± std over seeds)", "", per_class_table(summaries), "",
+        "## Against the baseline", "", *baseline_lines(analysis, options),
+        "## Did the search's ranking hold at full budget?", "", *rank_lines(spec, study, options, analysis),
+        "## ResNet-101: ImageNet-pretrained vs from scratch", "", *r101_lines(analysis),
+        "## Ablation: one factor at a time around the best configuration", "", *ablation_lines(analysis, options),
+        "## Per-class IoU (mean ± std over seeds)", "", tables.per_class_table(summaries), "",
         "## Search summary", "",
         *(f"- {line}" for line in summary_lines(study)),
         f"- trials: {len(study.trials)} in all; {counts.complete} complete, {counts.pruned} pruned, "
         f"{counts.failed} failed",
         f"- final runs: {sum(len(s.ok) for s in summaries)} of {sum(len(s.runs) for s in summaries)} with a "
         f"result, {final_seconds / 3600:.2f} run-hours ({final_seconds:.0f} s)", "",
-        "## Parameter importance", "",
-        f"Optuna's default evaluator (`optuna.importance.get_param_importances`) over the {counts.complete} "
-        "complete trials:", "", importance_ranking(study), "",
+        f"The search's scores are single short-budget runs on `{spec.train_config().val_split}`: the gap between "
+        "its best trial and the baseline trial carries no test; the comparisons above do.", "",
+        "## What each factor does", "", *factor_lines(analysis.effects),
+        "## Parameter importance", "", *importance_lines(analysis.rankings),
         "## Figures", "",
-        "[figures.html](figures.html): optimization history, parameter importance, parallel coordinates, "
-        "slice plots, learning curves of the final runs and per-class IoU bars (self-contained, works "
+        "[figures.html](figures.html): optimization history, parameter importance, what each factor does, parallel "
+        "coordinates, slice plots, learning curves of the final runs and per-class IoU bars (self-contained, works "
         f"offline). {png_line}.", "",
-        "Files: " + ", ".join(f"[{name}]({name})" for name in files) + ".", "",
-        published_section(spec, final_dir), "",
+        "Files: " + ", ".join(f"[{name}]({name})" for name in FILES[1:]) + ".", "",
+        *published_lines(spec, final_dir, summaries),
     ]
     return "\n".join(lines)
 
 
-def note_markdown(spec: StudySpec, summaries: Sequence[Summary], options: FinalizeOptions,
-                  files: Sequence[str]) -> str:
+def key_sentences(analysis: Analysis) -> list[str]:
+    """The comparisons under the run's own protocol, one sentence each (terminal and note)."""
+    return [c.sentence() for c in analysis.comparisons if c.protocol == OWN_PROTOCOL]
+
+
+def note_markdown(spec: StudySpec, analysis: Analysis) -> str:
     """The study's dashboard note: the search description, then the final results."""
-    return "\n".join([
-        spec.to_markdown(), "## Final results", "", final_table(summaries), "",
-        baseline_sentence(summaries), "", comparison_sentence(summaries, options.epochs), "",
-        f"The full report and figures are attached to this study: {', '.join(files)}.", ""])
-
-
-# --- publishing
-
-def attach(study: optuna.Study, paths: Sequence[Path], artifact_dir: Path, note: str) -> list[str]:
-    """Upload each file to the study's artifact store (skipping an identical copy already there)
-    and save the note; returns the ids of new artifacts."""
-    artifact_dir.mkdir(parents=True, exist_ok=True)
-    store = FileSystemArtifactStore(artifact_dir)
-    existing: dict[str, list[str]] = {}
-    for meta in get_all_artifact_meta(study):
-        existing.setdefault(meta.filename, []).append(meta.artifact_id)
-    uploaded = []
-    for path in paths:
-        data = path.read_bytes()
-        if any(_stored(store, artifact_id) == data for artifact_id in existing.get(path.name, [])):
-            continue
-        uploaded.append(upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study))
-    save_note(study, note)
-    return uploaded
-
-
-def _stored(store: FileSystemArtifactStore, artifact_id: str) -> bytes | None:
-    try:
-        with store.open_reader(artifact_id) as reader:
-            return reader.read()
-    except ArtifactNotFound:
-        return None
+    return "\n".join([spec.to_markdown(), "## Final results", "", tables.final_table(analysis.summaries), "",
+                      *(f"- {sentence}" for sentence in key_sentences(analysis)), "",
+                      f"The full report and figures are attached to this study: {', '.join(FILES)}.", ""])
 
 
 @dataclass(frozen=True)
@@ -479,23 +327,40 @@ class Outputs:
                           f"dashboard: {self.dashboard}"])
 
 
+def results_header(spec: StudySpec, options: FinalizeOptions, analysis: Analysis) -> dict[str, Any]:
+    search = spec.train_config()
+    return {"study": spec.study.name, "spec": str(spec.path), "storage": safe_url(spec.study.storage),
+            "epochs": options.epochs, "seeds": list(options.seeds),
+            "splits": {"search_train": search.train_split, "search_val": search.val_split,
+                       "final_train": options.train_split, "final_val": options.val_split,
+                       "selected_on_reported_split": search.val_split == options.val_split}}
+
+
+def results_extra(spec: StudySpec, analysis: Analysis) -> dict[str, Any]:
+    rank = analysis.agreement.rank
+    return {"rank_agreement": {"configurations": list(analysis.agreement.names), "n": rank.n, "tau": rank.tau,
+                               "p": rank.p, "protocol": OWN_PROTOCOL, "search_schedule": search_schedule(spec)},
+            "importance": [{"trials": r.trials, "n": r.n, "importances": r.importances, "problem": r.problem}
+                           for r in analysis.rankings]}
+
+
 def write(spec: StudySpec, study: optuna.Study, options: FinalizeOptions, runs: Sequence[FinalRun],
           final_dir: Path) -> Outputs:
     """Every output file, atomically, then the study's artifacts and note."""
-    summaries = summarize(runs)
+    analysis = analyse(spec, study, runs)
     final_dir.mkdir(parents=True, exist_ok=True)
-    drawn = figures(study, summaries)
+    drawn = figures(study, analysis.summaries, analysis.effects)
     png_line = write_pngs(drawn, final_dir)
-    names = ["report.md", "results.csv", "results.json", "per_class_iou.csv", "figures.html"]
-    paths = [final_dir / name for name in names]
-    write_text_atomic(final_dir / "results.csv", results_csv(summaries))
-    write_json_atomic(final_dir / "results.json", results_json(spec, options, summaries))
-    write_text_atomic(final_dir / "per_class_iou.csv", per_class_csv(summaries))
-    write_text_atomic(final_dir / "figures.html", figures_html(f"Study {spec.study.name}: figures", drawn))
-    write_text_atomic(final_dir / "report.md",
-                      report_markdown(spec, study, options, summaries, png_line, names[1:], final_dir))
+    write_text_atomic(final_dir / "results.csv", tables.results_csv(analysis.summaries))
+    write_json_atomic(final_dir / "results.json", tables.results_json(
+        results_header(spec, options, analysis), analysis.summaries, analysis.comparisons,
+        results_extra(spec, analysis)))
+    write_text_atomic(final_dir / "per_class_iou.csv", tables.per_class_csv(analysis.summaries))
+    write_text_atomic(final_dir / "figures.html", figures_html(f"Study {spec.study.name}: figures", drawn,
+                                                               {"factor-effects": FACTOR_CAVEAT}))
+    write_text_atomic(final_dir / "report.md", report_markdown(spec, study, options, analysis, png_line, final_dir))
+    paths = [final_dir / name for name in FILES]
     artifact_dir = spec.study.output_dir / "artifacts"
-    uploaded = attach(study, paths, artifact_dir, note_markdown(spec, summaries, options, names))
-    return Outputs(final_dir, paths, final_table(summaries),
-                   [baseline_sentence(summaries), comparison_sentence(summaries, options.epochs)],
+    uploaded = attach(study, paths, artifact_dir, note_markdown(spec, analysis))
+    return Outputs(final_dir, paths, tables.final_table(analysis.summaries), key_sentences(analysis),
                    png_line, dashboard_command(spec.study.storage, artifact_dir), uploaded)

@@ -4,6 +4,9 @@ Every mistake a user can make in a spec is reported at load time as one line nam
 the file, section and key, so a long search never dies at trial 17 on a typo. Fixed
 and searched TrainConfig values are checked by building TrainConfigs, and sampler and
 pruner arguments by building Optuna's own classes: no second copy of their rules.
+
+A spec is plain data. It imports hpo.space (the Param type) and segtrain.config; the
+rest of hpo imports it, and it imports nothing else of hpo.
 """
 
 from __future__ import annotations
@@ -15,14 +18,14 @@ import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
 
 from hpo.space import Param
-from segtrain.config import TrainConfig, field_names, field_type
+from segtrain.config import SCHEDULES, SPLITS, TrainConfig, field_names, field_type
 from segtrain.errors import ConfigError, UserError
 
 SECTIONS = ("study", "train", "space", "sampler", "pruner", "baseline", "finalize")
@@ -108,14 +111,65 @@ class StudyOptions:
         return RUNS_DIR / self.name
 
 
+# TrainConfig fields every configuration of a study shares: where the data is, how it runs, its seed
+SHARED_FIELDS = ("data_root", "train_split", "val_split", "device", "workers", "eval_batch_size", "seed")
+# [finalize.scratch]: the TrainConfig fields the arm or another key sets, and where to set them instead
+SCRATCH_SET_ELSEWHERE = {
+    "backbone": "the arm is ResNet-101",
+    "pretrained": "the arm trains from random initialisation",
+    "lr": "set lr_multiplier (x the best configuration's lr) instead",
+    "epochs": "set epochs_multiplier (x [finalize] epochs) instead",
+    "warmup_epochs": "set warmup_fraction (of the arm's epochs) instead",
+}
+
+
+@dataclass(frozen=True)
+class ScratchRecipe:
+    """[finalize.scratch]: how the ResNet-101 from-scratch arm departs from the best configuration's recipe.
+
+    The best configuration's recipe was tuned for an ImageNet-pretrained backbone (for
+    voc_r50, a backbone lr 10x below the head's). Defaults after He, Girshick & Dollar
+    2019 (Rethinking ImageNet Pre-training, arXiv:1811.08883), whose scratch models used
+    the fine-tuning recipe's lr for the whole network with a linear warm-up:
+    - lr_multiplier None: lr x the best configuration's head_lr_multiplier, and
+      head_lr_multiplier 1 (an override): every layer at the head's lr, as a random
+      backbone has no reason to learn 10x slower than the head;
+    - warmup_fraction 0.05: a linear warm-up over the first 5% of the arm's steps (our
+      choice of length), since a random network starts at the full lr;
+    - epochs_multiplier 1: the same budget as the pretrained arm, so the comparison is
+      "at this budget". He et al. needed about 3x the fine-tuning schedule (and GroupNorm
+      or SyncBN) before scratch caught up; raise it to ask that question instead.
+    """
+
+    lr_multiplier: float | None = None  # x the best configuration's lr; None: x its head_lr_multiplier
+    epochs_multiplier: float = 1.0  # x [finalize] epochs
+    warmup_fraction: float = 0.05  # linear warm-up over this fraction of the arm's epochs
+    overrides: dict[str, Any] = field(default_factory=lambda: {"head_lr_multiplier": 1.0})  # TrainConfig fields
+
+    def __post_init__(self) -> None:
+        if self.lr_multiplier is not None:
+            _check("lr_multiplier", self.lr_multiplier, float, lambda v: v > 0, "must be > 0")
+            object.__setattr__(self, "lr_multiplier", float(self.lr_multiplier))
+        _check("epochs_multiplier", self.epochs_multiplier, float, lambda v: v > 0, "must be > 0")
+        _check("warmup_fraction", self.warmup_fraction, float, lambda v: 0 <= v < 1, "must be in [0, 1)")
+        object.__setattr__(self, "epochs_multiplier", float(self.epochs_multiplier))
+        object.__setattr__(self, "warmup_fraction", float(self.warmup_fraction))
+
+
 @dataclass(frozen=True)
 class FinalizeOptions:
-    """[finalize]: the top-k configurations (and the baseline) retrained at full budget over seeds."""
+    """[finalize]: the configurations retrained at full budget over seeds, on which splits, and the two
+    optional sub-tables: [finalize.scratch] (the scratch arm's recipe) and [finalize.ablation]."""
 
-    top_k: int = 3
+    top_k: int = 4
     seeds: tuple[int, ...] = (0, 1, 2)
     epochs: float = TrainConfig.epochs  # the full budget: the standard 30k-iteration recipe
     pretrained_weights: str | None = None  # ResNet-101 ImageNet state_dict; None: torchvision's
+    train_split: str = "train_aug"  # finalize trains on all of train_aug ...
+    val_split: str = "val"  # ... and reports on VOC val, which the search never scored
+    schedule: str = "poly"  # the full-budget runs' lr schedule: the published recipes' poly, whatever the search's
+    scratch: ScratchRecipe = ScratchRecipe()
+    ablation: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # field -> values, around the best
 
     def __post_init__(self) -> None:
         _check("top_k", self.top_k, int, lambda v: v >= 1, "must be >= 1")
@@ -126,6 +180,12 @@ class FinalizeOptions:
         _check("epochs", self.epochs, float, lambda v: v > 0, "must be > 0")
         if self.pretrained_weights is not None:
             _check("pretrained_weights", self.pretrained_weights, str, bool, "must be a path")
+        for key in ("train_split", "val_split"):
+            _check(key, getattr(self, key), str, lambda v: v in SPLITS, f"must be one of {', '.join(SPLITS)}")
+        _check("schedule", self.schedule, str, lambda v: v in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}")
+        if self.val_split == self.train_split:
+            raise ConfigError("val_split", f"must differ from train_split ({self.train_split!r}): a table "
+                                           "scored on its training images says nothing")
         object.__setattr__(self, "seeds", tuple(self.seeds))
         object.__setattr__(self, "epochs", float(self.epochs))
 
@@ -196,6 +256,10 @@ class StudySpec:
             "maximises validation mIoU, reported at each evaluation point (step k = k-th evaluation) "
             "so that poor trials are pruned early.", "",
             "## Data", "", _describe_data(config), "",
+            f"The search trains each trial on `{config.train_split}` and scores it on `{config.val_split}`; "
+            f"finalize retrains on `{self.finalize.train_split}` and reports on `{self.finalize.val_split}`"
+            + (", the split the search selected on." if config.val_split == self.finalize.val_split else
+               ", which the search never scored."), "",
             "## Fixed settings", "", "| setting | value |", "|---|---|",
             *(f"| {key} | `{value!r}` |" for key, value in self.train.items()), "",
             "All other settings keep their TrainConfig defaults.", "",
@@ -209,10 +273,23 @@ class StudySpec:
             "## Search", "",
             f"Sampler `{self.sampler.describe()}` with seed {self.study.seed}; pruner `{self.pruner.describe()}`.", "",
             "## Finalize", "",
-            f"The top {self.finalize.top_k} configurations and the baseline are retrained for "
-            f"{self.finalize.epochs:g} epochs with seeds {', '.join(map(str, self.finalize.seeds))}.",
+            f"The top {self.finalize.top_k} configurations, the baseline and ResNet-101 (ImageNet-pretrained with "
+            "the best configuration's recipe; from scratch with "
+            + ", ".join(f"{k} = {v}" for k, v in _scratch_settings(self.finalize.scratch).items())
+            + f") are retrained for {self.finalize.epochs:g} epochs with seeds "
+            f"{', '.join(map(str, self.finalize.seeds))}"
+            + ("; ablations around the best: " + "; ".join(f"{k} in {list(v)}" for k, v in
+                                                           self.finalize.ablation.items())
+               if self.finalize.ablation else "") + ".",
         ]
         return "\n".join(lines) + "\n"
+
+
+def _scratch_settings(recipe: ScratchRecipe) -> dict[str, Any]:
+    settings = {"lr_multiplier": recipe.lr_multiplier if recipe.lr_multiplier is not None
+                else "the best's head_lr_multiplier", "epochs_multiplier": recipe.epochs_multiplier,
+                "warmup_fraction": recipe.warmup_fraction}
+    return {**settings, **recipe.overrides}
 
 
 def _describe_data(config: TrainConfig) -> str:
@@ -261,11 +338,7 @@ def load_spec(path: str | Path, sections: Mapping[str, dict[str, Any]] | None = 
         pruner = _component(tables["pruner"], PRUNERS, PRUNER_DEFAULTS, "median")
     with _located(path, "baseline"):
         baseline = _parse_baseline(tables["baseline"], space, tables["train"])
-    with _located(path, "finalize"):
-        finalize = _build(FinalizeOptions, tables["finalize"])
-        if "epochs" not in tables["space"] and finalize.epochs < base.epochs:
-            raise ConfigError("epochs", f"{finalize.epochs:g} is below the search budget ([train] epochs = "
-                                        f"{base.epochs:g}); finalize retrains at full budget")
+    finalize = _parse_finalize(path, tables["finalize"], base, "epochs" in tables["space"])
     return StudySpec(path, study, dict(tables["train"]), tuple(space), sampler, pruner, baseline, finalize)
 
 
@@ -276,6 +349,66 @@ def _located(path: Path, section: str) -> Iterator[None]:
         yield
     except ConfigError as error:
         raise UserError(f"{path}: [{section}] {error.key}: {error.problem}") from None
+
+
+def _parse_finalize(path: Path, table: Mapping[str, Any], base: TrainConfig, epochs_searched: bool) -> FinalizeOptions:
+    """[finalize] and its sub-tables [finalize.scratch] and [finalize.ablation], each error naming its table."""
+    table = dict(table)
+    subtables = {name: table.pop(name, {}) for name in ("scratch", "ablation")}
+    with _located(path, "finalize"):
+        for name, subtable in subtables.items():
+            if not isinstance(subtable, dict):
+                raise ConfigError(name, f"must be a table (a [finalize.{name}] header and its keys), got {subtable!r}")
+        finalize = _build(FinalizeOptions, table)
+        if not epochs_searched and finalize.epochs < base.epochs:
+            raise ConfigError("epochs", f"{finalize.epochs:g} is below the search budget ([train] epochs = "
+                                        f"{base.epochs:g}); finalize retrains at full budget")
+    with _located(path, "finalize.scratch"):
+        scratch = _parse_scratch(subtables["scratch"], base)
+    with _located(path, "finalize.ablation"):
+        ablation = _parse_ablation(subtables["ablation"], base)
+    return dataclasses.replace(finalize, scratch=scratch, ablation=ablation)
+
+
+def _parse_scratch(table: Mapping[str, Any], base: TrainConfig) -> ScratchRecipe:
+    """Its own keys, then any other TrainConfig field as an override of the best configuration's recipe."""
+    own = [f.name for f in dataclasses.fields(ScratchRecipe) if f.name != "overrides"]
+    overrides = dict(ScratchRecipe().overrides)
+    for key, value in table.items():
+        if key in own:
+            continue
+        if key not in field_names():
+            raise ConfigError(key, _unknown("setting or TrainConfig field", key, own + field_names()))
+        if key in SCRATCH_SET_ELSEWHERE:
+            raise ConfigError(key, SCRATCH_SET_ELSEWHERE[key])
+        if key in SHARED_FIELDS or key.startswith("synthetic"):
+            raise ConfigError(key, "is shared by every configuration: set it in [train] or [finalize]")
+        overrides[key] = _checked_value(key, value, base)
+    return ScratchRecipe(**{key: table[key] for key in own if key in table}, overrides=overrides)
+
+
+def _parse_ablation(table: Mapping[str, Any], base: TrainConfig) -> dict[str, tuple[Any, ...]]:
+    """field = [values]: each a value TrainConfig accepts for that field, none repeated."""
+    ablation: dict[str, tuple[Any, ...]] = {}
+    for key, values in table.items():
+        if key not in field_names():
+            raise ConfigError(key, _unknown("TrainConfig field", key, field_names()))
+        if key in SHARED_FIELDS or key.startswith("synthetic"):
+            raise ConfigError(key, "is shared by every configuration, so it cannot be ablated")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(key, f"must be a non-empty list of values, e.g. output_stride = [8, 16], got {values!r}")
+        checked = tuple(_checked_value(key, value, base) for value in values)
+        if len(set(map(repr, checked))) < len(checked):
+            raise ConfigError(key, f"repeats a value: {values}")
+        ablation[key] = checked
+    return ablation
+
+
+def _checked_value(key: str, value: Any, base: TrainConfig) -> Any:
+    """`value` as the field's type, if TrainConfig accepts it (its ConfigError names the key otherwise)."""
+    value = _as_field(value, field_type(key))
+    base.replace(**{key: value})
+    return value
 
 
 def _build(cls: type[_Section], table: Mapping[str, Any], **defaults: Any) -> _Section:

@@ -197,7 +197,13 @@ class StudyLock:
             with database_errors(self.url):
                 connection = engine.connect()
             connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
-            self._release += [engine.dispose, connection.close]  # the session's lock ends with it
+            self._release += [engine.dispose, connection.close, lambda: self._unlock(connection)]
+
+    def _unlock(self, connection: sqlalchemy.Connection) -> None:
+        """Unlock explicitly: the server drops a closed session's locks only once its backend has
+        exited, a moment after the close. A connection already lost holds no lock to give back."""
+        with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
 
     def release(self) -> None:
         while self._release:

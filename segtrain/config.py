@@ -1,8 +1,11 @@
 """TrainConfig: every knob of one training run, validated, and round-tripping to JSON.
 
-The defaults are the standard DeepLabV3 recipe on VOC 2012 (ResNet-50, output
-stride 16, crop 513, batch 16, SGD + poly, ~30k iterations of train_aug), so a
-config only needs to say what differs from it.
+The defaults are DeepLabV3 on VOC 2012 as the PyTorch reimplementations train it
+(VainF/DeepLabV3Plus-Pytorch: ResNet-50, output stride 16, crop 513, batch 16, SGD
+with momentum 0.9 and poly lr 0.01 for the head with the pretrained backbone at 0.1x,
+weight decay 1e-4, ~30k iterations of train_aug), so a config only needs to say what
+differs from it. The paper (Chen et al. 2017) trained with one lr of 0.007 for the
+whole network, and multi-grid in the last block, which segtrain does not build.
 """
 
 from __future__ import annotations
@@ -23,7 +26,11 @@ from segtrain.errors import ConfigError, UserError
 BACKBONES = ("resnet50", "resnet101")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 OUTPUT_STRIDES = (8, 16)
-SPLITS = ("train", "val", "trainval", "train_aug")
+# VOC 2012's own splits, SBD's train_aug, and train_aug cut in two for the search: it trains on
+# train_aug_search and selects on holdout, so VOC val scores only the final table
+SPLITS = ("train", "val", "trainval", "train_aug", "train_aug_search", "holdout")
+SCHEDULES = ("poly", "wsd")
+DECAY_SHAPES = ("1-sqrt", "linear", "cosine")  # segtrain.optim has their formulas
 
 
 @dataclass(frozen=True)
@@ -46,12 +53,19 @@ class TrainConfig:
     # --- optimisation
     optimizer: str = "sgd"
     lr: float = 0.001  # backbone learning rate; the head gets lr * head_lr_multiplier
-    head_lr_multiplier: float = 10.0
+    head_lr_multiplier: float = 10.0  # the reimplementations' convention (VainF: backbone at 0.1x the head)
     momentum: float = 0.9  # sgd only
     nesterov: bool = False  # sgd only
     weight_decay: float = 1e-4  # not applied to BatchNorm weights and biases
-    warmup_epochs: float = 0.0  # linear warmup before the poly schedule
-    poly_power: float = 0.9
+    warmup_epochs: float = 0.0  # linear warmup before the schedule
+    # poly: the DeepLab recipe, lr * (1 - progress) ** poly_power. wsd (warmup-stable-decay):
+    # constant lr, then a decay to 0 over the last decay_fraction of the budget; each evaluation
+    # but the last scores a short decay branch off the run (which then goes on as if it had not
+    # happened), so every evaluation is an annealed score: what pruners should compare.
+    schedule: str = "poly"
+    poly_power: float = 0.9  # poly only
+    decay_fraction: float = 0.2  # wsd only: the decay's share of a complete run (Hägele et al. 2024: 0.1-0.2)
+    decay_shape: str = "1-sqrt"  # wsd only: 1-sqrt (better than linear, Hägele et al. 2024), linear, cosine
     # --- input
     crop_size: int = 513
     batch_size: int = 16  # per step, across all processes
@@ -84,6 +98,13 @@ class TrainConfig:
                       "needs momentum > 0")
         self._require("backbone", self.backbone in BACKBONES, f"must be one of {', '.join(BACKBONES)}")
         self._require("optimizer", self.optimizer in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}")
+        self._require("schedule", self.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}")
+        self._require("decay_fraction", 0 < self.decay_fraction < 1, "must be in (0, 1)")
+        self._require("decay_shape", self.decay_shape in DECAY_SHAPES, f"must be one of {', '.join(DECAY_SHAPES)}")
+        self._require("warmup_epochs", self.schedule != "wsd"
+                      or self.warmup_epochs <= self.epochs * (1 - self.decay_fraction),
+                      f"must be <= epochs * (1 - decay_fraction) = {self.epochs * (1 - self.decay_fraction):g} "
+                      f"under schedule wsd (the warmup ends before the decay starts)")
         self._require("output_stride", self.output_stride in OUTPUT_STRIDES, "must be 8 or 16")
         self._require("train_split", self.train_split in SPLITS, f"must be one of {', '.join(SPLITS)}")
         self._require("val_split", self.val_split in SPLITS, f"must be one of {', '.join(SPLITS)}")

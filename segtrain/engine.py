@@ -3,15 +3,23 @@
 The budget is in epochs of the train split, and the k-th of `eval_points`
 evaluations falls after k/eval_points of it, so evaluation k means the same
 amount of data whatever the batch size: pruners compare like with like.
+
+Under the wsd schedule each evaluation but the last scores a decay branch: from the
+run's state at that point, the lr decays to 0 over a share of the steps done so far
+(so that those steps and the branch make a complete wsd run), then the model is
+evaluated and the run is put back exactly as it was before the branch. Its scores are
+then annealed at every evaluation, as a run that ended there would be, and the run
+itself ends exactly as it would without branches.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import logging
 import math
 import random
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,8 +45,9 @@ from segtrain.device import amp_dtype_for, autocast, resolve_device
 from segtrain.errors import ConfigError, UserError, unwrap_worker_errors
 from segtrain.evaluation import CHECKPOINT, PRESETS, evaluate_model
 from segtrain.fileio import write_atomic, write_json_atomic
+from segtrain.memory import peak_memory_bytes, reset_peak_memory
 from segtrain.model import build_model, count_parameters
-from segtrain.optim import build_optimizer, poly_schedule
+from segtrain.optim import build_optimizer, build_schedule, decay_branch_lrs
 from segtrain.sampling import TrainStream
 
 log = logging.getLogger(__name__)
@@ -59,8 +68,15 @@ class EvalResult:
     pixel_accuracy: float
     mean_class_accuracy: float
     per_class_iou: list[float | None]
-    loss: float  # mean training loss since the previous evaluation
+    loss: float  # mean training loss since the previous evaluation (of the run, not of a branch)
     seconds: float  # wall time since the run started
+    decay_steps: int = 0  # steps of the decay branch this score was taken after (wsd, before the last)
+    branch_epochs: float = 0.0  # epochs trained in decay branches so far, this one's included
+
+    @property
+    def epochs_trained(self) -> float:
+        """The compute spent so far, in epochs: the run's own and its decay branches'."""
+        return self.epoch + self.branch_epochs
 
 
 @dataclass(frozen=True)
@@ -75,8 +91,9 @@ class TrainResult:
     steps: int
     seconds: float  # wall time, training and evaluation
     images_per_second: float  # training throughput
-    peak_memory_bytes: int  # CUDA: peak allocated; CPU: peak resident set of the process
+    peak_memory_bytes: int  # this run's: CUDA, peak allocated; CPU, peak resident set (segtrain.memory)
     parameters: int
+    branch_steps: int = 0  # steps trained in decay branches (wsd), besides `steps`
     eval_protocol: str | None = None  # how the mIoU figures were evaluated: segtrain.evaluation.Protocol.name
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,6 +119,8 @@ class Budget:
     eval_steps: tuple[int, ...]  # step of evaluation k, k = 1..eval_points
     warmup_steps: int
     per_process_batch: int
+    decay_steps: int  # wsd: the run's decay, its last steps; 0 under poly
+    branch_steps: tuple[int, ...]  # wsd: steps of the decay branch before evaluation k; 0 at the last
 
     @classmethod
     def plan(cls, cfg: TrainConfig, train_images: int, world_size: int) -> Budget:
@@ -116,8 +135,21 @@ class Budget:
         if len(evals) < cfg.eval_points:
             raise ConfigError("eval_points", f"{cfg.eval_points} evaluations do not fit in "
                                              f"{total} training steps; raise epochs or lower eval_points")
+        decay, branches = 0, (0,) * len(evals)
+        if cfg.schedule == "wsd":
+            decay = max(1, math.floor(cfg.decay_fraction * total + 0.5))
+            # a branch of n steps after s makes s + n steps a complete run, n of them decaying
+            ratio = cfg.decay_fraction / (1 - cfg.decay_fraction)
+            branches = tuple(max(1, math.floor(step * ratio + 0.5)) for step in evals[:-1]) + (0,)
         return cls(total, tuple(evals), round(cfg.warmup_epochs * steps_per_epoch),
-                   cfg.batch_size // world_size)
+                   cfg.batch_size // world_size, decay, branches)
+
+
+def changed_fields(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """The fields, runtime ones aside, in which a checkpoint's config differs from `cfg`. A field
+    added since the checkpoint was written counts as its default, which is what that run did."""
+    saved = {**TrainConfig().to_dict(), **saved}
+    return sorted(k for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS and saved[k] != v)
 
 
 def train(cfg: TrainConfig, on_eval: Callable[[EvalResult], None] | None = None,
@@ -128,8 +160,9 @@ def train(cfg: TrainConfig, on_eval: Callable[[EvalResult], None] | None = None,
     `on_eval` is called with each EvalResult (on the main process); whatever it
     raises stops training and propagates: that is how a pruner stops a trial.
     With `run_dir`, config.json, result.json and, at each evaluation, a checkpoint
-    are written there; `resume=True` continues from that checkpoint and ends
-    with the result an uninterrupted run would have had.
+    are written there; `resume=True` continues from that checkpoint: on the CPU it ends
+    bit for bit as an uninterrupted run; on CUDA, whose kernels are not deterministic,
+    as one such run (same data, augmentation and RNG state; the float noise differs).
 
     Under torchrun every process calls this: cfg.batch_size is split between them,
     process k uses cuda:LOCAL_RANK, rank 0 alone writes and calls `on_eval`, and
@@ -156,6 +189,7 @@ class _Run:
     def __init__(self, cfg: TrainConfig, device: torch.device, group: ProcessGroup,
                  run_dir: Path | None, save_checkpoints: bool):
         self.cfg, self.device, self.group = cfg, device, group
+        reset_peak_memory(device)  # a search worker or finalize runs many: each figure is its own
         self.run_dir = run_dir
         self.writes = run_dir is not None and group.is_main
         self.save_checkpoints = save_checkpoints and self.writes
@@ -174,8 +208,8 @@ class _Run:
             model = as_one_batch(model, device.type)
         self.model = model.to(device, memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, cfg)
-        self.scheduler = poly_schedule(self.optimizer, self.budget.total_steps,
-                                       self.budget.warmup_steps, cfg.poly_power)
+        self.scheduler = build_schedule(self.optimizer, cfg, self.budget.total_steps,
+                                        self.budget.warmup_steps, self.budget.decay_steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum")
         self.step = 0
@@ -205,11 +239,12 @@ class _Run:
             while self.step < budget.total_steps:
                 images, masks = next(batches)
                 pending.append((self.train_step(images, masks), self.optimizer.param_groups[0]["lr"]))
+                self.scheduler.step()
                 self.step += 1
                 bar.update(1)
                 evaluating = self.step in budget.eval_steps
                 if len(pending) == SYNC_EVERY or evaluating:
-                    window += self.check_losses(pending)
+                    window += self.check_losses(pending, self.step)
                     pending = []
                     now = time.perf_counter()
                     self.train_seconds += now - tick
@@ -217,7 +252,7 @@ class _Run:
                     bar.set_postfix(loss=f"{window[-1]:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
                                     img_s=f"{self.images_per_second():.1f}")
                 if evaluating:
-                    result = self.evaluate_point(sum(window) / len(window))
+                    result = self.evaluation(sum(window) / len(window))
                     window = []
                     self.history.append(result)
                     on_main_process(self.group, self.device, lambda: self.report(result, on_eval))
@@ -251,7 +286,6 @@ class _Run:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
         return loss.detach()
 
     def per_pixel_weight(self, masks: torch.Tensor) -> torch.Tensor:
@@ -263,18 +297,49 @@ class _Run:
             torch.distributed.all_reduce(labelled)
         return self.group.world_size / labelled.clamp(min=1)
 
-    def check_losses(self, pending: list[tuple[torch.Tensor, float]]) -> list[float]:
-        """Read the pending losses (mean over processes); raise on the first NaN/inf."""
+    def check_losses(self, pending: list[tuple[torch.Tensor, float]], last_step: int) -> list[float]:
+        """Read the pending losses (mean over processes) of the steps up to `last_step`; raise on
+        the first NaN/inf."""
         losses = torch.stack([loss for loss, _ in pending]).float()
         if self.group.is_distributed:
             torch.distributed.all_reduce(losses)
             losses /= self.group.world_size
         values = losses.tolist()
-        first_step = self.step - len(values) + 1
+        first_step = last_step - len(values) + 1
         for offset, (value, (_, lr)) in enumerate(zip(values, pending)):
             if not math.isfinite(value):
                 raise TrainingDiverged(first_step + offset, lr, value)
         return values
+
+    def evaluation(self, loss: float) -> EvalResult:
+        """The result of this evaluation point: after a decay branch where the budget plans one,
+        with the compute of all branches so far."""
+        decay_steps = self.budget.branch_steps[self.budget.eval_steps.index(self.step)]
+        result = self.evaluate_after_decay(loss, decay_steps) if decay_steps else self.evaluate_point(loss)
+        branch_steps = sum(h.decay_steps for h in self.history) + decay_steps
+        return dataclasses.replace(result, decay_steps=decay_steps,
+                                   branch_epochs=branch_steps * self.cfg.batch_size / len(self.train_set))
+
+    def evaluate_after_decay(self, loss: float, steps: int) -> EvalResult:
+        """Evaluate at the end of a decay branch: `steps` steps from the current lrs down to 0,
+        on the batches the run itself trains on next. Then the run is put back exactly as it
+        was (weights, BatchNorm statistics, optimizer, scheduler, scaler, RNG): the branch
+        changes the score and nothing else."""
+        if self.group.is_main:
+            log.info("decay branch of %d steps from step %d, for an annealed score", steps, self.step)
+        before = copy.deepcopy(self.training_state())
+        start_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        pending: list[tuple[torch.Tensor, float]] = []
+        with contextlib.closing(unwrap_worker_errors(self.train_loader())) as batches:
+            for lrs in decay_branch_lrs(start_lrs, steps, self.cfg.decay_shape):
+                for group, lr in zip(self.optimizer.param_groups, lrs):
+                    group["lr"] = lr  # the scheduler is not stepped: its state stays the run's
+                images, masks = next(batches)
+                pending.append((self.train_step(images, masks), lrs[0]))
+        self.check_losses(pending, self.step + steps)
+        result = self.evaluate_point(loss)
+        self.load_training_state(before)
+        return result
 
     def evaluate_point(self, loss: float) -> EvalResult:
         # the bare model: DDP's forward would broadcast buffers, a collective that ranks
@@ -302,6 +367,7 @@ class _Run:
             mean_class_accuracy=last.mean_class_accuracy, history=self.history,
             steps=self.step, seconds=self.elapsed(), images_per_second=self.images_per_second(),
             peak_memory_bytes=peak_memory_bytes(self.device), parameters=self.parameters,
+            branch_steps=sum(h.decay_steps for h in self.history),
             eval_protocol=PRESETS["ss"].for_run(self.cfg.output_stride).name)
         if self.writes:
             write_json_atomic(self.run_dir / "result.json", result.to_dict())
@@ -321,15 +387,30 @@ class _Run:
     def bare_model(self) -> nn.Module:
         return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
 
+    def training_state(self) -> dict[str, Any]:
+        """What training steps change, but the step count: what a checkpoint and a decay branch restore."""
+        return {
+            "model": self.bare_model().state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.cuda else [],
+        }
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.bare_model().load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"].cpu())
+        if self.cuda and state["cuda_rng"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+
     def save(self) -> None:
         state = {
             "config": self.cfg.to_dict(), "step": self.step,
             "history": [dataclasses.asdict(h) for h in self.history],
             "train_seconds": self.train_seconds, "elapsed_seconds": self.elapsed(),
-            "model": self.bare_model().state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.cuda else [],
+            **self.training_state(),
         }
         write_atomic(self.run_dir / CHECKPOINT, lambda file: torch.save(state, file))
 
@@ -344,31 +425,17 @@ class _Run:
         except Exception as error:
             raise UserError(f"{path}: unreadable checkpoint ({error.__class__.__name__}); "
                             f"delete it to start the run over") from None
-        saved = {k: v for k, v in state["config"].items() if k not in RUNTIME_FIELDS}
-        wanted = {k: v for k, v in self.cfg.to_dict().items() if k not in RUNTIME_FIELDS}
-        changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
+        changed = changed_fields(state["config"], self.cfg)
         if changed:
             raise UserError(f"{path}: made with a different config ({', '.join(changed)} differ); "
                             f"use another output dir or delete the checkpoint")
-        self.bare_model().load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        self.load_training_state(state)
         self.step = state["step"]
         self.history = [EvalResult(**h) for h in state["history"]]
         self.train_seconds = state["train_seconds"]
         self.elapsed_before = state["elapsed_seconds"]
-        torch.set_rng_state(state["rng"].cpu())
-        if self.cuda and state["cuda_rng"]:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         if self.group.is_main:
             log.info("resumed from %s at step %d/%d", path, self.step, self.budget.total_steps)
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def _seed_everything(seed: int) -> None:

@@ -6,6 +6,7 @@ standard setting is 16 (ASPP rates 6, 12, 18), so the model is assembled here.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from urllib.error import URLError
 
@@ -86,15 +87,28 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def load_backbone_weights(resnet: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Copy a ResNet state_dict into `resnet`, ignoring the classifier (fc.*).
 
-    Any other missing, unexpected or mis-shaped key is an error listing them, so
-    ResNet-50 weights can never silently half-load into a ResNet-101.
+    Accepts what torchvision's own `ResNet.load_state_dict(strict=True)` accepts, e.g. files
+    saved before BatchNorm had `num_batches_tracked` (torch fills it in from the file's
+    per-module version metadata, kept here). Any other missing, unexpected or mis-shaped key
+    is an error listing them, so ResNet-50 weights can never silently half-load into a ResNet-101.
     """
-    expected = {k: v for k, v in resnet.state_dict().items() if not k.startswith("fc.")}
-    given = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    problems = state_dict_problems(expected, given)
+    own = resnet.state_dict()
+    given = OrderedDict((k, v) for k, v in state.items() if not k.startswith("fc."))
+    mismatched = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+                  for k, v in given.items() if k in own and v.shape != own[k].shape]
+    if mismatched:  # before loading: torch raises on them with a multi-line message
+        raise WeightsError(f"{source}: does not fit this backbone: {len(mismatched)} shape mismatches "
+                           f"({_preview(mismatched)})")
+    given.update((k, v) for k, v in own.items() if k.startswith("fc."))  # the model's own classifier
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:
+        given._metadata = metadata  # type: ignore[attr-defined]  # the module versions torch reads
+    incompatible = resnet.load_state_dict(given, strict=False)
+    problems = [f"{what} {len(keys)} keys ({_preview(sorted(keys))})"
+                for what, keys in (("missing", incompatible.missing_keys),
+                                   ("unexpected", incompatible.unexpected_keys)) if keys]
     if problems:
         raise WeightsError(f"{source}: does not fit this backbone: " + "; ".join(problems))
-    resnet.load_state_dict(given, strict=False)
 
 
 def state_dict_problems(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> list[str]:

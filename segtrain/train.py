@@ -30,6 +30,10 @@ HELP = {
     "epochs": "budget in epochs of the train split",
     "eval_points": "evaluations on val, at equal fractions of the budget",
     "batch_size": "images per step, over all processes",
+    "schedule": "poly, or wsd (warmup-stable-decay: constant lr, a decay over the last decay-fraction of "
+                "the budget, and annealed scores at every evaluation from short decay branches)",
+    "decay_fraction": "wsd: the decay's share of the budget, and of each branch's run",
+    "decay_shape": "wsd: 1-sqrt, linear or cosine",
 }
 
 

@@ -38,6 +38,10 @@ def test_toml_style_values_are_normalised():
     ({"nesterov": True, "momentum": 0.0}, "nesterov", "momentum > 0"),
     ({"device": "tpu"}, "device", "cuda:N"),
     ({"synthetic_classes": 21}, "synthetic_classes", "1-20"),
+    ({"schedule": "cosine"}, "schedule", "poly, wsd"),
+    ({"decay_fraction": 1.0}, "decay_fraction", "(0, 1)"),
+    ({"decay_shape": "sqrt"}, "decay_shape", "1-sqrt, linear, cosine"),
+    ({"schedule": "wsd", "epochs": 2.0, "warmup_epochs": 1.8}, "warmup_epochs", "<= epochs * (1 - decay_fraction) = 1.6"),
 ])
 def test_bad_values_name_their_key(values, key, words):
     with pytest.raises(ConfigError) as caught:
@@ -45,6 +49,10 @@ def test_bad_values_name_their_key(values, key, words):
     assert caught.value.key == key
     assert words in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_a_long_warmup_is_fine_under_poly():
+    assert TrainConfig(epochs=2.0, warmup_epochs=1.8).schedule == "poly"
 
 
 def test_replace_validates():

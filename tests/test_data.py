@@ -47,7 +47,7 @@ def test_sample_pairs_load_with_readme_counts():
 
 def test_check_reports_sample_counts_per_split():
     result = check_voc(SAMPLE_VOC_DIR, progress=False)
-    assert result.problems == [] and result.absent == ["train_aug"]
+    assert result.problems == [] and result.absent == ["train_aug", "train_aug_search", "holdout"]
     expected = {"train": ["2007_000032"], "val": ["2007_000033"], "trainval": list(SAMPLE)}
     assert set(result.splits) == set(expected)
     for split, ids in expected.items():

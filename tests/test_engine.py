@@ -1,13 +1,26 @@
-"""The training engine on tiny synthetic data: schedule of evaluations, exact resume, divergence."""
+"""The training engine on tiny synthetic data: schedule of evaluations, exact resume, divergence,
+the wsd schedule's decay branches."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
+import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+import segtrain.engine
 from segtrain.config import TrainConfig
-from segtrain.engine import CHECKPOINT, Budget, EvalResult, TrainingDiverged, TrainResult, train
+from segtrain.engine import (CHECKPOINT, Budget, EvalResult, TrainingDiverged, TrainResult, _Run, changed_fields,
+                             train)
+from segtrain.optim import decay_branch_lrs
 
 
 class Stop(Exception):
@@ -78,10 +91,19 @@ def test_resume_refuses_a_checkpoint_of_another_config(uninterrupted, synthetic_
         train(tiny(synthetic_voc, lr=0.05), run_dir=run_dir, resume=True)
 
 
-def test_other_seed_other_result(uninterrupted, synthetic_voc):
-    expected, _, _ = uninterrupted
-    other = train(tiny(synthetic_voc, seed=1, epochs=1.0, eval_points=1))
-    assert other.history[0].loss != expected.history[0].loss
+def test_other_seed_other_result(synthetic_voc):
+    """Runs that differ in their seed alone (initialisation, image order, augmentation) differ."""
+    first, other = (train(tiny(synthetic_voc, seed=seed, epochs=0.5, eval_points=1)) for seed in (0, 1))
+    assert first.config.replace(seed=1) == other.config
+    assert other.history[0].loss != first.history[0].loss
+
+
+def test_peak_memory_is_each_runs_own(synthetic_voc):
+    """Two runs in one process (a search worker, finalize): the second, much smaller, run's peak is
+    not the first's carried over, as a process-wide maximum would have it."""
+    large = train(tiny(synthetic_voc, crop_size=161, batch_size=4, epochs=0.5, eval_points=1))
+    small = train(tiny(synthetic_voc, crop_size=33, epochs=0.25, eval_points=1))
+    assert 0 < small.peak_memory_bytes < large.peak_memory_bytes
 
 
 def test_nan_loss_stops_with_step_and_lr(synthetic_voc):
@@ -101,7 +123,182 @@ def test_evaluation_k_means_the_same_data_for_every_batch_size(batch_size):
         assert abs(seen - 300 * k / 4) <= batch_size / 2 + 1e-9
 
 
+def test_wsd_budget_branches_make_complete_runs_of_their_length():
+    """The demo's budget (80 images, batch 4, one epoch, 4 evaluations) under wsd with a 0.2 decay."""
+    cfg = TrainConfig(batch_size=4, epochs=1.0, eval_points=4, schedule="wsd", decay_fraction=0.2)
+    budget = Budget.plan(cfg, 80, 1)
+    assert budget.eval_steps == (5, 10, 15, 20) and budget.decay_steps == 4
+    assert budget.branch_steps == (1, 3, 4, 0)  # 8 steps on top of the run's 20
+    for step, branch in zip(budget.eval_steps, budget.branch_steps[:-1]):
+        complete = Budget.plan(cfg.replace(batch_size=2, eval_points=1), 2 * (step + branch), 1)
+        assert complete.total_steps == step + branch and complete.decay_steps == branch
+    assert Budget.plan(cfg.replace(schedule="poly"), 80, 1).branch_steps == (0, 0, 0, 0)
+
+
 def test_budget_rejects_more_evaluations_than_steps():
     from segtrain.errors import ConfigError
     with pytest.raises(ConfigError, match="eval_points"):
         Budget.plan(TrainConfig(batch_size=8, epochs=1.0, eval_points=5), 16, 1)
+
+
+# --- the wsd schedule: a decay branch before each evaluation but the last
+
+def wsd(voc_dir, **changes) -> TrainConfig:
+    """6 steps at crop 33: warmup over 4, decay over the last 2; evaluations after steps 2, 4 and 6,
+    the first two after decay branches of 1 and 2 steps (0.3 / 0.7 of the steps so far)."""
+    return tiny(voc_dir, **{"crop_size": 33, "epochs": 1.5, "eval_points": 3, "schedule": "wsd",
+                            "decay_fraction": 0.3, "warmup_epochs": 1.0, "head_lr_multiplier": 10.0, **changes})
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    step: int
+    digests: dict[str, str]  # sha256 of each part of the training state at the end of the run, of the
+    # model (weights and BatchNorm buffers) elsewhere: hashing 300 MB at every evaluation is not free
+    result: EvalResult
+
+
+def sha256(value: Any, hashed=None) -> str:
+    """Of tensors' bytes and other values' repr, in a fixed order: equal iff bitwise equal."""
+    hashed = hashed or hashlib.sha256()
+    if isinstance(value, torch.Tensor):
+        hashed.update(value.detach().cpu().contiguous().numpy().tobytes())
+    elif isinstance(value, dict):
+        for key in sorted(value, key=repr):
+            hashed.update(repr(key).encode())
+            sha256(value[key], hashed)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            sha256(item, hashed)
+    else:
+        hashed.update(repr(value).encode())
+    return hashed.hexdigest()
+
+
+@contextlib.contextmanager
+def evaluations_seen() -> Iterator[list[Evaluated]]:
+    """Every evaluation of the model while inside, with the training state it evaluated; on one
+    intra-op thread (faster on tiny tensors, and the same for every run compared bitwise)."""
+    seen: list[Evaluated] = []
+    evaluate_point = _Run.evaluate_point
+
+    def spy(run: _Run, loss: float) -> EvalResult:
+        result = evaluate_point(run, loss)
+        state = run.training_state()
+        parts = state if run.step == run.budget.total_steps else {"model": state["model"]}
+        seen.append(Evaluated(run.step, {k: sha256(v) for k, v in parts.items()}, result))
+        return result
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(_Run, "evaluate_point", spy)
+            yield seen
+    finally:
+        torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class Observed:
+    result: TrainResult
+    evaluations: list[Evaluated]
+    lrs: list[list[float]]  # of every parameter group at every optimizer step, branches included
+
+
+def observe(cfg: TrainConfig, **kwargs) -> Observed:
+    lrs: list[list[float]] = []
+    hook = register_optimizer_step_pre_hook(
+        lambda optimizer, args, kw: lrs.append([group["lr"] for group in optimizer.param_groups]))
+    try:
+        with evaluations_seen() as seen:
+            result = train(cfg, **kwargs)
+    finally:
+        hook.remove()
+    return Observed(result, seen, lrs)
+
+
+@pytest.fixture(scope="module")
+def branched(synthetic_voc) -> Observed:
+    return observe(wsd(synthetic_voc))
+
+
+@pytest.fixture(scope="module")
+def unbranched(synthetic_voc) -> Observed:
+    """The same run evaluated only at the end, so without decay branches."""
+    return observe(wsd(synthetic_voc, eval_points=1))
+
+
+def test_wsd_lrs_read_back_from_the_optimizer_are_its_formula(branched):
+    decayed = 1 - math.sqrt(1 / 2)  # 1-sqrt, halfway through a decay of 2 steps
+    factors = [0.25, 0.5,  # warmup: (step + 1) / 4
+               0.75,  # branch 1: 1 step, from the lr of step 2
+               0.75, 1.0,
+               1.0, decayed,  # branch 2: 2 steps, from the lr of step 4
+               1.0, decayed]  # the run's own decay, over its last 2 steps
+    base = [0.01, 0.01, 0.1, 0.1]  # backbone, backbone without weight decay, head (x10), head without
+    assert len(branched.lrs) == len(factors)
+    for lrs, factor in zip(branched.lrs, factors):
+        assert lrs == pytest.approx([lr * factor for lr in base], rel=1e-12)
+
+
+def test_decay_branches_leave_the_run_as_it_would_be_without_them(branched, unbranched):
+    assert [e.step for e in branched.evaluations] == [2, 4, 6]  # one evaluation a point, after the branch
+    assert [e.step for e in unbranched.evaluations] == [6]
+    # weights and BatchNorm buffers, optimizer, scheduler, scaler and RNG: bitwise the same at the end
+    assert branched.evaluations[-1].digests == unbranched.evaluations[-1].digests
+    assert branched.result.steps == unbranched.result.steps == 6
+    assert branched.result.final_miou == unbranched.result.final_miou
+
+
+def test_an_annealed_score_is_that_of_a_complete_wsd_run_of_its_length(branched, unbranched):
+    history = branched.result.history
+    assert [h.decay_steps for h in history] == [1, 2, 0]
+    assert [h.miou for h in history] == [e.result.miou for e in branched.evaluations]
+    # 4 steps and a branch of 2 are a complete 6-step run: bitwise the model that run ends with
+    assert branched.evaluations[1].digests["model"] == unbranched.evaluations[-1].digests["model"]
+    assert history[1].miou == unbranched.result.final_miou
+    assert [h.branch_epochs for h in history] == [0.25, 0.75, 0.75]  # 1, then 3 steps of 2 of 8 images
+    assert [h.epochs_trained for h in history] == [0.75, 1.75, 2.25]
+    assert branched.result.branch_steps == 3 and unbranched.result.branch_steps == 0
+    assert TrainResult.from_dict(json.loads(json.dumps(branched.result.to_dict()))) == branched.result
+
+
+def test_a_run_stopped_inside_a_decay_branch_resumes_to_the_same_end(branched, synthetic_voc, tmp_path):
+    cfg = wsd(synthetic_voc)
+
+    def stop_after_one_step(start_lrs, steps, shape):
+        lrs = decay_branch_lrs(start_lrs, steps, shape)
+        yield next(lrs)
+        if steps > 1:
+            raise Stop  # as Ctrl-C would, a step into the second branch
+        yield from lrs
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(segtrain.engine, "decay_branch_lrs", stop_after_one_step)
+        with pytest.raises(Stop):
+            observe(cfg, run_dir=tmp_path)
+    stopped = torch.load(tmp_path / CHECKPOINT, weights_only=True, mmap=True)
+    assert stopped["step"] == 2 and len(stopped["history"]) == 1  # the first evaluation's checkpoint
+    resumed = observe(cfg, run_dir=tmp_path, resume=True, save_checkpoints=False)  # saving is tested above
+    assert without_seconds(resumed.result.history) == without_seconds(branched.result.history)
+    assert resumed.evaluations[-1].digests == branched.evaluations[-1].digests
+    assert resumed.lrs == branched.lrs[3:]  # from step 2 on, the second branch whole
+
+
+def test_checkpoints_and_results_from_before_the_wsd_schedule_still_load(uninterrupted):
+    """Written without the wsd fields, they read as poly without branches: as those runs were."""
+    expected, _, _ = uninterrupted
+    old = expected.to_dict()
+    del old["branch_steps"]
+    for key in ("schedule", "decay_fraction", "decay_shape"):
+        del old["config"][key]
+    for evaluation in old["history"]:
+        del evaluation["decay_steps"], evaluation["branch_epochs"]
+    assert TrainResult.from_dict(old) == expected  # result.json; a checkpoint's history reads the same
+    assert changed_fields(old["config"], expected.config) == []  # resume accepts the checkpoint
+    assert changed_fields(old["config"], expected.config.replace(schedule="wsd")) == ["schedule"]
+
+
+def without_seconds(history: list[EvalResult]) -> list[EvalResult]:
+    return [dataclasses.replace(h, seconds=0.0) for h in history]

@@ -1,5 +1,6 @@
-"""hpo.finalize end to end on a tiny synthetic study: top-2 over 2 seeds, the baseline, ResNet-101
-pretrained (a local state_dict) vs scratch; resume after Ctrl-C; outputs; weights unavailable; bad input.
+"""hpo.finalize end to end on a tiny synthetic study: top-2 over 2 seeds, the baseline, one ablation,
+ResNet-101 pretrained (a local state_dict) vs scratch with its own recipe; resume after Ctrl-C; outputs
+and their statistics; weights unavailable; bad input.
 
 The search (2 trials) and the finalize runs happen once, in module fixtures; the tests read what
 they left. A run trains 2 steps on 4 images of 32 px and evaluates twice on 2.
@@ -18,6 +19,7 @@ from urllib.error import URLError
 
 import optuna
 import pytest
+import scipy.stats
 import torch
 import torchvision.models._api
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
@@ -53,8 +55,19 @@ optimizer = {type = "categorical", choices = ["sgd", "adam"]}
 momentum = {type = "float", low = 0.8, high = 0.95, when = {optimizer = "sgd"}}
 """
 BASELINE = 'lr = 0.02\noptimizer = "sgd"\nmomentum = 0.9'
-FINALIZE = "\n[finalize]\ntop_k = 2\nseeds = [0, 1]\nepochs = 1.0\n"
-CONFIGURATIONS = ["top-1", "top-2", "r101-imagenet", "r101-scratch"]  # the baseline is one of the 2 trials
+FINALIZE = """
+[finalize]
+top_k = 2
+seeds = [0, 1]
+epochs = 1.0
+[finalize.scratch]
+lr_multiplier = 2.0
+warmup_fraction = 0.5
+[finalize.ablation]
+head_lr_multiplier = [1.0, 10.0]
+"""
+# the baseline is one of the 2 trials; head_lr_multiplier 1 is the best's own ([train])
+CONFIGURATIONS = ["top-1", "top-2", "ablation head_lr_multiplier=10.0", "r101-imagenet", "r101-scratch"]
 FINAL = Path("runs/fin/final")
 OUTPUTS = ("report.md", "results.csv", "results.json", "per_class_iou.csv", "figures.html")
 
@@ -160,10 +173,11 @@ def test_ctrl_c_keeps_finished_runs_and_the_rerun_trains_only_what_is_missing(fi
     assert first[0][0] not in trained and first[1][0] not in trained  # finished runs are reused
     assert len(second) == 2 * len(CONFIGURATIONS) - 2
     assert sorted((cfg.backbone, cfg.seed) for cfg in trained) == \
-        [("resnet101", 0), ("resnet101", 0), ("resnet101", 1), ("resnet101", 1), ("resnet50", 0), ("resnet50", 1)]
+        [("resnet101", 0), ("resnet101", 0), ("resnet101", 1), ("resnet101", 1),
+         ("resnet50", 0), ("resnet50", 0), ("resnet50", 1), ("resnet50", 1)]
 
 
-def test_results_hold_every_run_and_each_configuration_mean_and_std(finalized, spec):
+def test_results_hold_every_run_and_each_configuration_statistics(finalized, spec):
     records = rows(finalized["files"]["results.csv"])
     runs = [r for r in records if r["kind"] == "run"]
     means = [r for r in records if r["kind"] == "mean"]
@@ -175,7 +189,10 @@ def test_results_hold_every_run_and_each_configuration_mean_and_std(finalized, s
         values = [float(r["miou"]) for r in own]
         assert float(mean["miou"]) == pytest.approx(sum(values) / 2)
         assert float(mean["miou_std"]) == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
-        assert mean["runs"] == "2"
+        half_width = scipy.stats.t.ppf(0.975, 1) * float(mean["miou_std"]) / 2 ** 0.5
+        assert float(mean["miou_ci95_low"]) == pytest.approx(float(mean["miou"]) - half_width)
+        assert float(mean["miou_ci95_high"]) == pytest.approx(float(mean["miou"]) + half_width)
+        assert mean["runs"] == "2" and mean["miou_n"] == "2"
         for column in ("pixel_accuracy", "seconds", "images_per_second", "peak_memory_bytes", "parameters"):
             assert float(mean[column]) > 0 and mean[f"{column}_std"] != ""
     for run_row in runs:  # each row is its run dir's result
@@ -183,10 +200,45 @@ def test_results_hold_every_run_and_each_configuration_mean_and_std(finalized, s
         assert float(run_row["miou"]) == result["final_miou"] and int(run_row["parameters"]) == result["parameters"]
     data = json.loads(finalized["files"]["results.json"])
     assert [c["configuration"] for c in data["configurations"]] == CONFIGURATIONS
-    assert len(data["runs"]) == 8 and all(len(r["history"]) == 2 for r in data["runs"])
-    assert data["seeds"] == [0, 1] and data["epochs"] == 1.0
+    for configuration, mean in zip(data["configurations"], means):
+        assert configuration["miou"] == {"mean": float(mean["miou"]), "std": float(mean["miou_std"]), "n": 2,
+                                         "ci95": [float(mean["miou_ci95_low"]), float(mean["miou_ci95_high"])]}
+        assert (configuration["seeds_planned"], configuration["seeds_finished"], configuration["failed"]) == (2, 2, [])
+    assert len(data["runs"]) == 10 and all(len(r["history"]) == 2 for r in data["runs"])
+    assert data["seeds"] == [0, 1] and data["epochs"] == 1.0 and data["protocols"] == ["ss"]
+    assert data["splits"] == {"search_train": "train_aug", "search_val": "val", "final_train": "train_aug",
+                              "final_val": "val", "selected_on_reported_split": True}
     per_class = rows(finalized["files"]["per_class_iou.csv"])
     assert {r["configuration"] for r in per_class} == set(CONFIGURATIONS) and "background" in per_class[0]
+
+
+def test_comparisons_are_paired_by_seed_with_scipys_numbers(finalized):
+    data = json.loads(finalized["files"]["results.json"])
+    by_seed = {name: {r["seed"]: r["miou"] for r in data["runs"] if r["configuration"] == name}
+               for name in CONFIGURATIONS}
+    comparisons = {(c["a"], c["b"]): c for c in data["comparisons"]}
+    # top-1 is the baseline (merged), so top-2 is the one top-k comparison; the ablation is compared with
+    # top-1, the best; pretrained with scratch. Each family has one member here, so Holm leaves p as it is.
+    assert list(comparisons) == [("top-2", "top-1"), ("ablation head_lr_multiplier=10.0", "top-1"),
+                                 ("r101-imagenet", "r101-scratch")]
+    for (a, b), c in comparisons.items():
+        x, y = [by_seed[a][s] for s in (0, 1)], [by_seed[b][s] for s in (0, 1)]
+        d = [x[0] - y[0], x[1] - y[1]]
+        assert c["n"] == 2 and c["seeds"] == [0, 1] and c["protocol"] == "ss"
+        assert c["difference"] == pytest.approx(sum(d) / 2)
+        if d[0] != d[1]:  # else the t statistic is undefined (scipy: nan) and p is 1 for no difference, else 0
+            test = scipy.stats.ttest_rel(x, y)
+            assert c["p"] == pytest.approx(test.pvalue)
+            assert c["ci95"] == pytest.approx(list(test.confidence_interval(0.95)))
+        # the exact sign-flip p: the share of the 4 sign assignments whose |mean| reaches the observed one
+        flips = [abs(s0 * d[0] + s1 * d[1]) >= abs(d[0] + d[1]) - 1e-12 for s0 in (1, -1) for s1 in (1, -1)]
+        assert c["p_permutation"] == pytest.approx(sum(flips) / 4)
+        assert c["p_holm"] == (None if c["family"] == "pretrained vs scratch" else pytest.approx(c["p"]))
+        decisive = c["p_holm"] if c["p_holm"] is not None else c["p"]
+        assert c["verdict"] == ("inconclusive" if decisive >= 0.05 else "better" if c["difference"] > 0 else "worse")
+    rank = data["rank_agreement"]
+    assert rank["configurations"] == ["top-1", "top-2"] and rank["n"] == 2 and rank["tau"] in (-1.0, 1.0)
+    assert rank["search_schedule"] == {"schedule": "poly", "poly_power": 0.9, "epochs": 1.0}  # the search's proxy
 
 
 def test_top_k_are_the_best_distinct_trials_and_the_baseline_merges_with_its_trial(finalized, spec):
@@ -200,11 +252,16 @@ def test_top_k_are_the_best_distinct_trials_and_the_baseline_merges_with_its_tri
     assert [c["params"] for c in tops] == [t.params for t in ranked]
     baseline = next(c for c in tops if c["trial"] == 0)
     assert baseline["roles"] == ["top", "baseline"] and baseline["description"].endswith("= baseline")
-    r101 = {c["configuration"]: c["config"] for c in data["configurations"][2:]}
-    for config in r101.values():  # the best trial's hyperparameters on ResNet-101, same budget
-        assert config["backbone"] == "resnet101" and config["lr"] == ranked[0].params["lr"]
-        assert config["epochs"] == 1.0
-    assert r101["r101-scratch"]["pretrained"] is None
+    r101 = {c["configuration"]: c["config"] for c in data["configurations"][3:]}
+    pretrained, scratch = r101["r101-imagenet"], r101["r101-scratch"]
+    assert pretrained["backbone"] == scratch["backbone"] == "resnet101"
+    assert pretrained["lr"] == ranked[0].params["lr"] and pretrained["epochs"] == 1.0  # the best trial's recipe
+    # scratch: its own recipe from [finalize.scratch]: lr x 2, warm-up over half of its 1 epoch
+    assert scratch["pretrained"] is None and scratch["lr"] == pytest.approx(2 * ranked[0].params["lr"])
+    assert (scratch["warmup_epochs"], scratch["head_lr_multiplier"], scratch["epochs"]) == (0.5, 1.0, 1.0)
+    ablation = data["configurations"][2]
+    assert ablation["roles"] == ["ablation"] and ablation["factor"] == ["head_lr_multiplier", 10.0]
+    assert ablation["config"] == {**data["configurations"][0]["config"], "head_lr_multiplier": 10.0}
 
 
 def test_the_pretrained_resnet101_starts_from_the_given_weights(finalized, weights):
@@ -220,19 +277,43 @@ def test_the_pretrained_resnet101_starts_from_the_given_weights(finalized, weigh
         assert state["layer1.0.bn3.weight"].abs().sum() == 0
 
 
-def test_report_has_the_table_search_summary_importance_comparison_and_published_figures(finalized):
+def test_report_has_the_table_comparisons_factors_importance_and_published_figures(finalized):
     report = finalized["files"]["report.md"]
     data = json.loads(finalized["files"]["results.json"])
-    means = {c["configuration"]: c for c in data["configurations"]}
+    means = {c["configuration"]: c["miou"] for c in data["configurations"]}
     for name in CONFIGURATIONS:
-        assert re.search(rf"^\| {name} +\| .*\| 2/2 +\| {means[name]['miou']:.4f} ± ", report, re.M), name
-    difference = means["r101-imagenet"]["miou"] - means["r101-scratch"]["miou"]
-    verb = "adds" if difference >= 0 else "costs"
-    assert f"ImageNet pretraining {verb} {abs(difference):.4f} mIoU at this budget (1 epochs)" in report
+        low, high = means[name]["ci95"]
+        assert re.search(rf"^\| {re.escape(name)} +\| .*\| 2/2 +\| {means[name]['mean']:.4f} ± "
+                         rf"{means[name]['std']:.4f} +\| \[{low:.4f}, {high:.4f}\] +\|", report, re.M), name
+    assert "The search selected its configurations on `val`, the split this table reports" in report
+    comparisons = {(c["a"], c["b"]): c for c in data["comparisons"]}
+    for (a, b), c in comparisons.items():  # each comparison's sentence says its verdict, seeds and numbers
+        assert f"`{a}` vs `{b}`: {c['verdict']} at 2 seeds, {c['difference']:+.4f} mIoU ss (95% CI " \
+               f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]; paired t p = {c['p']:.3g}" in report
+    r101 = report.split("## ResNet-101: ImageNet-pretrained vs from scratch")[1].split("\n## ")[0]
+    assert "At this budget (1 epochs pretrained, 1 from scratch) and with these recipes, `r101-imagenet` vs " \
+           f"`r101-scratch`: {comparisons['r101-imagenet', 'r101-scratch']['verdict']} at 2 seeds" in r101
+    assert "arXiv:1811.08883" in r101
+    assert re.search(r"^\| warmup_epochs +\| 0 +\| 0.5 +\|", r101, re.M)  # the two recipes side by side
+    assert re.search(r"^\| lr +\| 0\.\d+ +\| 0\.\d+ +\|", r101, re.M)
+    ablation = report.split("## Ablation: one factor at a time")[1].split("\n## ")[0]
+    assert re.search(r"^\| 1.0 +\| top-1 +\| 2/2 .*\| \(reference\) ", ablation, re.M)
+    ablated = comparisons["ablation head_lr_multiplier=10.0", "top-1"]
+    difference = re.escape(f"{ablated['difference']:+.4f}")
+    assert re.search(rf"^\| 10.0 +\| ablation head_lr_multiplier=10.0 +\| 2/2 .*\| {difference} .*"
+                     rf"\| {ablated['verdict']} +\|", ablation, re.M)
+    rank = report.split("## Did the search's ranking hold at full budget?")[1].split("\n## ")[0]
+    assert re.search(r"Kendall's tau = [+-]1\.00 \(n = 2, p = 1\)", rank) and "schedule `poly`" in rank
+    assert "winner's curse" in rank
     assert "## Search summary" in report and "study fin: 2 complete (0 diverged), 0 pruned, 0 failed" in report
-    importance = report.split("## Parameter importance")[1].split("##")[0]
-    assert "get_param_importances" in importance
-    assert re.search(r"^\| 1 +\| (lr|optimizer|momentum) +\| \d\.\d{3} +\|", importance, re.M)
+    factors = report.split("## What each factor does")[1].split("\n## ")[0]
+    for param in ("lr", "optimizer", "momentum"):
+        assert re.search(rf"^\| {param} +\| trials at 1st eval +\|", factors, re.M), param
+    assert "not a controlled experiment" in factors
+    importance = report.split("## Parameter importance")[1].split("\n## ")[0]
+    assert "PED-ANOVA" in importance and "the 2 complete trials (final score)" in importance
+    assert "the 2 trials that reached the first evaluation, complete and pruned (score there)" in importance
+    assert re.search(r"^\| (lr|optimizer|momentum) +\| \d\.\d{3} +\| \d\.\d{3} +\|", importance, re.M)
     published = report.split("## Published reference figures (not measured here)")[1]
     assert "77.21" in published and "arxiv.org/abs/1706.05587" in published and "synthetic" in published
     link = re.search(r"\[docs/results.md\]\(([^)]+)\)", published).group(1)
@@ -246,14 +327,14 @@ def test_terminal_table_is_aligned(finalized):
     assert len(table) == 2 + len(CONFIGURATIONS)
     assert len({len(line) for line in table}) == 1
     assert [line.split("|")[1].strip() for line in table[2:]] == CONFIGURATIONS
-    assert "ImageNet pretraining" in out and "PNG figures" in out and "--artifact-dir" in out
+    assert "`r101-imagenet` vs `r101-scratch`: " in out and "PNG figures" in out and "--artifact-dir" in out
 
 
 def test_figures_html_is_self_contained_and_holds_the_figures_data(finalized):
     page = finalized["files"]["figures.html"]
-    assert page.count("Plotly.newPlot(") == 6 and "<script src=" not in page  # plotly.js inlined, once
-    for figure_id in ("optimization-history", "param-importances", "parallel-coordinate", "slice",
-                      "learning-curves", "per-class-iou"):
+    assert page.count("Plotly.newPlot(") == 7 and "<script src=" not in page  # plotly.js inlined, once
+    for figure_id in ("optimization-history", "param-importances", "factor-effects", "parallel-coordinate",
+                      "slice", "learning-curves", "per-class-iou"):
         assert f'id="{figure_id}"' in page
     study = optuna.load_study(study_name="fin", storage="sqlite:///runs/fin/study.db")
     for trial in study.trials:
@@ -299,14 +380,25 @@ def test_weights_unavailable_is_that_rows_status_and_everything_else_completes(f
     assert code == 0
     assert [(cfg.pretrained, cfg.seed) for cfg in calls] == [("imagenet", 0)]  # tried once, nothing retrained
     records = {(r["configuration"], r["seed"]): r for r in rows((FINAL / "results.csv").read_text())}
-    for seed in ("0", "1", "mean"):
+    for seed in ("0", "1"):
         assert records["r101-imagenet", seed]["status"].startswith(
             "weights unavailable: cannot download ImageNet weights"), records["r101-imagenet", seed]
         assert records["r101-imagenet", seed]["miou"] == ""
-    assert all(records[name, "mean"]["status"] == "ok" for name in ("top-1", "top-2", "r101-scratch"))
+    mean = records["r101-imagenet", "mean"]
+    assert mean["status"].startswith("seeds 0, 1: weights unavailable: cannot download") and mean["miou"] == ""
+    assert (mean["runs"], mean["miou_n"]) == ("0", "0")
+    assert all(records[name, "mean"]["status"] == "ok" for name in CONFIGURATIONS if name != "r101-imagenet")
+    data = json.loads((FINAL / "results.json").read_text())
+    failed = next(c for c in data["configurations"] if c["configuration"] == "r101-imagenet")["failed"]
+    assert [f["seed"] for f in failed] == [0, 1] and all("cannot download" in f["reason"] for f in failed)
+    r101 = next(c for c in data["comparisons"] if c["a"] == "r101-imagenet")
+    assert (r101["n"], r101["difference"], r101["p"], r101["verdict"]) == (0, None, None, "inconclusive")
+    assert r101["reason"] == "0 seeds finished in both, a test needs 2"
     report = (FINAL / "report.md").read_text()
-    assert re.search(r"^\| r101-imagenet .*\| 0/2 .*\| weights unavailable: cannot download", report, re.M)
-    assert "No ResNet-101 comparison: the ImageNet-pretrained run has no result (weights unavailable" in report
+    assert re.search(r"^\| r101-imagenet .*\| 0/2 .*\| seeds 0, 1: weights unavailable: cannot download",
+                     report, re.M)
+    assert "No ResNet-101 comparison: the ImageNet-pretrained run has no result (seeds 0, 1: weights " \
+           "unavailable" in report
     assert "--pretrained-weights PATH" in report
     assert re.search(r"^\| r101-imagenet .*weights unavailable", out, re.M)
 

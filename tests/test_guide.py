@@ -11,8 +11,9 @@ What differs from a real lab, and nothing else:
     /data/voc                      a synthetic VOC tree + fake SBD with .mat labels (test_prepare's
                                    helpers): 3 train, 2 val, 32x32, so train_aug has 6 images
     studies/voc_r50.toml           tiny specs of the same study names (search_helpers.write_spec):
-    studies/demo.toml              crop 65, one epoch of 6-8 images, from scratch, on the CPU;
-                                   voc-r50 reads /data/voc, demo its synthetic set; [finalize] is
+    studies/demo.toml              crop 65, one epoch of 5-7 images, from scratch, on the CPU,
+                                   searched on train_aug_search and selected on holdout like the real
+                                   ones; voc-r50 reads /data/voc, demo its synthetic set; [finalize] is
                                    top_k 1, seed 0, 1 epoch, ResNet-101 weights from the file below
     /data/weights/resnet101-...    a randomly initialised torchvision ResNet-101 state_dict
     --trials N                     --trials N // 20 (at least 1): 10 -> 1, 40 -> 2, so resuming adds one
@@ -26,6 +27,7 @@ hpo.finalize, which lands on a separate branch.
 
 from __future__ import annotations
 
+import json
 import re
 import runpy
 import shlex
@@ -44,7 +46,7 @@ import torchvision
 from optuna.trial import TrialState
 
 from hpo.spec import load_spec
-from search_helpers import TINY_RUN, write_spec
+from search_helpers import TINY_RUN, TINY_TRAIN, write_spec
 from segtrain.data.voc import read_split_ids
 from test_prepare import write_sbd, write_voc
 
@@ -53,6 +55,7 @@ NOT_RUN = {"python -m segtrain.data prepare --root /data/voc --download": "downl
 TINY_TRAIN_FLAGS = ["--pretrained", "none", "--crop-size", "65", "--batch-size", "2", "--epochs", "1",
                     "--eval-points", "1", "--workers", "0", "--device", "cpu"]
 WEIGHTS = "/data/weights/resnet101-63fe2227.pth"
+SEARCH_SPLITS = 'train_split = "train_aug_search"\nval_split = "holdout"\n'  # as in studies/*.toml
 
 
 def guide_blocks() -> list[tuple[str, list[str]]]:
@@ -80,9 +83,10 @@ class Lab:
         self.paths = {
             "/data/voc": self.voc_root,
             WEIGHTS: self.weights,
-            "studies/voc_r50.toml": write_spec(tmp / "studies", "voc-r50", self.voc_root, train=TINY_RUN,
-                                               extra=finalize),
-            "studies/demo.toml": write_spec(tmp / "studies", "demo", tmp / "cache", extra=finalize),
+            "studies/voc_r50.toml": write_spec(tmp / "studies", "voc-r50", self.voc_root,
+                                               train=TINY_RUN + SEARCH_SPLITS, extra=finalize),
+            "studies/demo.toml": write_spec(tmp / "studies", "demo", tmp / "cache",
+                                            train=TINY_TRAIN + SEARCH_SPLITS, extra=finalize),
         }
         self.dashboards: set[str] = set()  # the commands hpo.search printed
         self.dashboard_help: str | None = None
@@ -159,7 +163,8 @@ def run_prepare(lab: Lab, words: list[str], capsys) -> None:
 
 def run_check(lab: Lab, words: list[str], capsys) -> None:
     output = run_python_module(lab, words, capsys)
-    assert output.splitlines()[2].split() == ["pixels", "train", "val", "trainval", "train_aug"]
+    assert output.splitlines()[2].split() == ["pixels", "train", "val", "trainval", "train_aug", "train_aug_search",
+                                            "holdout"]
     assert "no problems found" in output
 
 
@@ -195,13 +200,25 @@ def run_dashboard(lab: Lab, words: list[str], capsys) -> None:
 
 
 def run_finalize(lab: Lab, words: list[str], capsys) -> None:
+    """The guide's promise: the final table (top configuration, baseline, ResNet-101 pretrained and from
+    scratch, each with its seeds and mIoU), reported on val while the search selected on holdout."""
     run_python_module(lab, words, capsys)
     final = Path("runs") / study_name(lab, words) / "final"
     for name in ("report.md", "results.csv", "results.json"):
         assert (final / name).is_file(), f"{final / name} missing"
     assert list(final.glob("*.html")), f"no figures in {final}"
     report = (final / "report.md").read_text()
-    assert re.search(r"resnet-?101", report, flags=re.IGNORECASE), "report.md lacks the ResNet-101 comparison"
+    configurations = json.loads((final / "results.json").read_text())["configurations"]
+    table = report.split("## Final table")[1].split("\n## ")[0]
+    lines = [line for line in table.splitlines() if line.startswith("|")][2:]  # below the header and its rule
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines]
+    names = [row[0] for row in rows]
+    assert names == [c["configuration"] for c in configurations]
+    assert names[0] == "top-1" and names[-2:] == ["r101-imagenet", "r101-scratch"]
+    assert "baseline" in names or configurations[0]["description"].endswith("= baseline")
+    for row, configuration in zip(rows, configurations):  # seeds finished/planned, then the mean mIoU
+        assert row[2] == "1/1" and row[3] == f"{configuration['miou']['mean']:.4f}", row
+    assert "The search trained on `train_aug_search` and selected on `holdout`; this table reports `val`" in report
     assert "results.md" in report, "report.md does not link the published anchors (docs/results.md)"
 
 
@@ -231,8 +248,15 @@ def runner_for(words: list[str]) -> Runner:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
-    with pytest.MonkeyPatch.context() as patch:
-        yield Lab(tmp_path_factory.mktemp("guide"), patch)
+    """One intra-op thread, as in test_finalize: on tensors this small a second thread gains nothing, and
+    on a shared 2-core machine its spin-waits slow every run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            yield Lab(tmp_path_factory.mktemp("guide"), patch)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_every_guide_command_has_a_runner_and_only_the_download_is_not_run():

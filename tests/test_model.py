@@ -1,3 +1,4 @@
+from collections import OrderedDict
 from urllib.error import URLError
 
 import pytest
@@ -5,7 +6,7 @@ import torch
 import torchvision
 
 from segtrain.errors import WeightsError
-from segtrain.model import build_model, count_parameters
+from segtrain.model import build_model, count_parameters, load_backbone_weights
 
 
 def dilations(layer: torch.nn.Module) -> set[int]:
@@ -61,8 +62,27 @@ def test_local_weights_load_into_the_backbone_only(resnet50_state):
 
 def test_mismatched_weights_are_a_readable_error(resnet50_state):
     path, _ = resnet50_state
-    with pytest.raises(WeightsError, match=r"missing 306 keys \(layer3\."):
+    with pytest.raises(WeightsError, match=r"missing 255 keys \(layer3\.10\."):
         build_model("resnet101", 16, pretrained=path)
+
+
+def test_weights_load_exactly_when_torchvision_would_load_them(resnet50_state, tmp_path):
+    """Files from before BatchNorm's num_batches_tracked (no such keys, no version metadata) load
+    into torchvision's ResNet with strict=True, and so here; the same dict declaring the current
+    module versions does not, and is rejected here too."""
+    _, state = resnet50_state
+    legacy = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}  # a plain dict
+    torchvision.models.resnet50().load_state_dict(legacy, strict=True)  # torchvision accepts it
+    torch.save(legacy, tmp_path / "legacy.pth")
+    model = build_model("resnet50", 16, pretrained=tmp_path / "legacy.pth")
+    assert torch.equal(model.backbone.layer1[0].bn1.running_var, state["layer1.0.bn1.running_var"])
+
+    versioned = OrderedDict(legacy)
+    versioned._metadata = state._metadata  # says version 2: num_batches_tracked must be there
+    with pytest.raises(RuntimeError, match="num_batches_tracked"):
+        torchvision.models.resnet50().load_state_dict(versioned, strict=True)
+    with pytest.raises(WeightsError, match=r"legacy.pth: does not fit this backbone: missing 53 keys \(bn1.num"):
+        load_backbone_weights(torchvision.models.resnet50(), versioned, "legacy.pth")
 
 
 def test_bad_weights_file_names_it(tmp_path):

@@ -1,9 +1,12 @@
+import math
+
 import pytest
 import torch
 
+from segtrain import config
 from segtrain.config import TrainConfig
 from segtrain.model import build_model
-from segtrain.optim import build_optimizer, poly_schedule
+from segtrain.optim import DECAY_SHAPES, build_optimizer, decay_branch_lrs, poly_schedule, wsd_schedule
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +48,36 @@ def test_poly_schedule_with_warmup():
     assert lrs[7] == pytest.approx((1 - 5 / 10) ** 0.9)
     assert all(a > b for a, b in zip(lrs[2:], lrs[3:]))  # strictly decaying after warmup
     assert optimizer.param_groups[0]["lr"] == 0.0  # reaches zero at the end of the budget
+
+
+# the decay shapes written out, to check segtrain.optim's against
+SHAPES = {"1-sqrt": lambda p: 1 - math.sqrt(p), "linear": lambda p: 1 - p,
+          "cosine": lambda p: (1 + math.cos(math.pi * p)) / 2}
+
+
+def test_every_decay_shape_a_config_accepts_has_a_formula():
+    assert set(DECAY_SHAPES) == set(config.DECAY_SHAPES) == set(SHAPES)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_wsd_schedule_lr_at_every_step_is_its_formula(shape):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    schedule = wsd_schedule(optimizer, total_steps=20, warmup_steps=3, decay_steps=5, shape=shape)
+    lrs = []
+    for _ in range(20):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    expected = [2.0 * (step + 1) / 3 for step in range(3)] + [2.0] * 12 + \
+               [2.0 * SHAPES[shape](step / 5) for step in range(5)]
+    assert lrs == pytest.approx(expected, rel=1e-12)
+    assert optimizer.param_groups[0]["lr"] == 0.0  # reaches zero at the end of the budget
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_decay_branch_lrs_decay_each_group_from_its_current_lr_to_zero(shape):
+    branch = list(decay_branch_lrs([0.3, 3.0], steps=4, shape=shape))
+    assert len(branch) == 4
+    for step, lrs in enumerate(branch):
+        assert lrs == pytest.approx([0.3 * SHAPES[shape](step / 4), 3.0 * SHAPES[shape](step / 4)], rel=1e-12)
+    assert branch[0] == [0.3, 3.0]  # the branch's first step is at the run's current lr

@@ -37,11 +37,24 @@ def test_two_workers_share_one_postgresql_study(postgres_url, tmp_path, monkeypa
 
 def test_the_study_lock_is_one_advisory_lock_at_a_time(postgres_url):
     first, second = StudyLock(postgres_url, "pg"), StudyLock(postgres_url, "pg")
-    with first:
-        engine = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
+    engine = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
+
+    def free() -> bool:
+        """Whether another session could take the lock now (given back at once if it could)."""
         with engine.connect() as connection:
-            taken = connection.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:key)"), {"key": first.key})
-            assert taken.scalar() is False
+            taken = connection.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:key)"),
+                                       {"key": first.key}).scalar()
+            if taken:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": first.key})
+        return taken
+
+    try:
+        assert free()
+        with first:
+            assert not free()
+        assert free()  # released: the next worker gets it ...
+        with second:
+            assert not free()  # ... and holds it in turn
+        assert free()
+    finally:
         engine.dispose()
-    with second:  # released: the next worker gets it
-        pass

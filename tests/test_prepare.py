@@ -24,7 +24,7 @@ from segtrain.data.check import check_voc
 from segtrain.data.labels import VOC_PALETTE
 from segtrain.data.prepare import prepare, read_sbd_mask
 from segtrain.data.synthetic import write_synthetic_voc
-from segtrain.data.voc import VOCSegmentation, image_path, read_image_size, read_split_ids
+from segtrain.data.voc import VOCSegmentation, image_path, read_image_size, read_split_ids, split_holdout
 from segtrain.errors import DataError, UserError
 
 SIZE = 32  # the longest side of the synthetic images; their shapes vary (see image_area)
@@ -148,6 +148,37 @@ def test_prepare_builds_train_aug(trees):
         assert image.shape[1:] == mask.shape and max(mask.shape) <= SIZE
 
 
+def test_prepare_cuts_train_aug_into_search_and_holdout(trees):
+    report = prepare(trees.root, progress=False, holdout=2)
+    search, holdout = (read_split_ids(trees.voc_dir, split) for split in ("train_aug_search", "holdout"))
+    assert report.holdout == len(holdout) == 2 and len(search) == 4
+    assert not set(search) & set(holdout) and sorted(search + holdout) == trees.train_aug
+    assert search == [i for i in trees.train_aug if i in search]  # train_aug's order
+    again = split_holdout(trees.train_aug, 2)  # a fixed seed: every lab holds out the same ids
+    assert again == (search, holdout)
+    check = check_voc(trees.voc_dir, progress=False)
+    assert check.problems == [] and check.splits["holdout"].images == 2
+    assert "holdout 2 to select on" in report.summary()
+
+
+def test_default_holdout_is_a_tenth_of_a_small_train_aug_and_a_too_large_one_converts_nothing(trees):
+    assert prepare(trees.root, progress=False).holdout == 1  # 6 ids: min(1,000, 6 // 10) -> at least 1
+    shutil.rmtree(trees.voc_dir / "SegmentationClassAug")
+    with pytest.raises(DataError, match="a holdout of 6 images leaves none of train_aug's 6"):
+        prepare(trees.root, progress=False, holdout=6)
+    assert not (trees.voc_dir / "SegmentationClassAug").exists()
+
+
+def test_check_reports_a_holdout_that_shares_ids_with_the_search_split(trees):
+    prepare(trees.root, progress=False, holdout=2)
+    search_file = trees.voc_dir / "ImageSets/Segmentation/train_aug_search.txt"
+    holdout = read_split_ids(trees.voc_dir, "holdout")
+    search_file.write_text(search_file.read_text() + f"{holdout[0]}\n")
+    problems = check_voc(trees.voc_dir, progress=False).problems
+    assert len(problems) == 1
+    assert f"lists 1 id ({holdout[0]}) that train_aug_search.txt lists too" in problems[0]
+
+
 def test_second_run_changes_nothing(trees):
     prepare(trees.root, progress=False)
     before = {path: path.stat().st_mtime_ns for path in (trees.voc_dir / "SegmentationClassAug").iterdir()}
@@ -269,12 +300,16 @@ def test_cli_prints_counts(trees):
     assert done.returncode == 0, done.stderr
     assert "converted 3 SBD masks, copied 3 VOC train masks, skipped 0 already in place" in done.stdout
     assert "train_aug 6 images, val 2 images" in done.stdout
+    assert "train_aug_search 5 images to train on, holdout 1 to select on" in done.stdout
 
 
 def test_cli_missing_input_exits_2_with_one_line(tmp_path, capsys):
     assert run(main, ["prepare", "--root", str(tmp_path)], prog=PROG) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{tmp_path / 'VOCdevkit' / 'VOC2012'} not found" in err
+    assert run(main, ["prepare", "--root", str(tmp_path), "--holdout", "0"], prog=PROG) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--holdout: must be a whole number >= 1, got '0'" in err
 
 
 def test_check_after_prepare_finds_no_problems(trees):
@@ -304,6 +339,8 @@ def test_check_reports_train_aug_gaps_and_val_overlap_one_line_each(trees):
         f"{list_file} lists 1 id (2009_000003) with no file in {trees.voc_dir / 'JPEGImages'}/{fix}",
         f"{list_file} lists 2 ids ({val}) that val.txt lists too (training on val images inflates val mIoU; "
         f"train_aug must leave out every val id){fix}",
+        f"train_aug_search.txt and holdout.txt together leave out 2 ids ({val}) of {list_file}: rebuild them "
+        f"with `python -m segtrain.data prepare --root {trees.root}`",
     ]
     summary = result.splits["train_aug"]
     assert summary.images == 8  # and the 5 ids with both files are read:

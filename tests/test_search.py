@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,10 +14,10 @@ from optuna_dashboard import get_note
 
 import hpo.objective
 from hpo.search import main
-from search_helpers import TINY_TRAIN, write_spec
+from search_helpers import CHEAP_TRAIN, TINY_BASELINE, TINY_TRAIN, write_spec
 from segtrain.cli import run
 from segtrain.config import TrainConfig
-from segtrain.engine import CHECKPOINT, train
+from segtrain.engine import CHECKPOINT, TrainingDiverged, TrainResult, train
 
 
 def load(name: str) -> optuna.Study:
@@ -106,29 +107,55 @@ def test_the_last_evaluation_is_never_pruned(workdir):
     assert all(t.value < 0.9 for t in study.trials)  # the threshold pruner would have stopped them
 
 
+def test_under_wsd_the_pruner_gets_the_annealed_score_at_each_evaluation(workdir):
+    """What a trial reports (and pruners read back) at an evaluation before the last is the score
+    after its decay branch; the trial's compute counts the branch."""
+    spec = write_spec(workdir, "annealed", workdir / "cache", train=CHEAP_TRAIN + 'schedule = "wsd"\n',
+                      baseline=TINY_BASELINE.replace("batch_size = 2", "batch_size = 4"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tensors this small train faster on one thread
+    try:
+        assert run(main, ["--study", str(spec), "--trials", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    trial = load("annealed").trials[0]
+    history = TrainResult.from_dict(json.loads(Path("runs/annealed/trials/0/result.json").read_text())).history
+    assert [(h.step, h.decay_steps) for h in history] == [(1, 1), (2, 0)]  # 2 steps, a branch of 1 at the first
+    assert trial.intermediate_values == {h.point: h.miou for h in history}
+    assert trial.user_attrs["epochs"] == history[-1].epochs_trained == 1.5  # 3 steps of 4 of 8 images
+
+
 def test_diverged_and_out_of_memory_trials_end_with_their_reason(workdir, monkeypatch):
+    """Trial 0 scores far above the rest at its first evaluation, then diverges: it keeps that
+    score but is infeasible, so it never becomes the best trial. Trial 1 runs out of memory."""
     spec = write_spec(workdir, "faults", workdir / "cache",
-                      space='lr = {type = "float", low = 1e-3, high = 1e12, log = true}\n'
+                      space='lr = {type = "float", low = 1e-3, high = 1e-1, log = true}\n'
                             'batch_size = {type = "categorical", choices = [2, 4]}',
-                      baseline="lr = 1e12\nbatch_size = 2", pruner='type = "none"')
+                      baseline="lr = 0.02\nbatch_size = 2", pruner='type = "none"')
     calls = []
 
-    def out_of_memory_once(cfg, **kwargs):
+    def diverge_or_run_out_of_memory(cfg, on_eval, **kwargs):
         calls.append(cfg)
+        if len(calls) == 1:
+            def high_then_nan(result):
+                on_eval(dataclasses.replace(result, miou=0.99))
+                raise TrainingDiverged(result.step + 1, cfg.lr, float("nan"))
+            return train(cfg, on_eval=high_then_nan, **kwargs)
         if len(calls) == 2:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return train(cfg, **kwargs)
+        return train(cfg, on_eval=on_eval, **kwargs)
 
-    monkeypatch.setattr(hpo.objective, "train", out_of_memory_once)
+    monkeypatch.setattr(hpo.objective, "train", diverge_or_run_out_of_memory)
     assert run(main, ["--study", str(spec), "--trials", "3"]) == 0
     study = load("faults")
     diverged, oom = study.trials[0], study.trials[1]
     assert diverged.state == TrialState.COMPLETE and diverged.constraints == {"finite_loss": 1.0}
-    assert diverged.user_attrs["failure"].startswith("diverged: loss became")
+    assert diverged.user_attrs["failure"].startswith("diverged: loss became nan")
+    assert diverged.value == 0.99 > max(t.value for t in study.trials[2:])  # the highest value ...
+    assert study.best_trial.number not in (diverged.number, oom.number)  # ... yet not the best
     assert oom.state == TrialState.FAIL
     assert oom.user_attrs["failure"].startswith("out of memory at crop 65, batch")
     assert len(finished(study)) == 3  # the study went on to its target
-    assert study.best_trial.number != 0  # an infeasible trial is never the best
 
 
 def test_ctrl_c_fails_the_running_trial_and_the_next_run_retries_it(workdir, monkeypatch, capsys):

@@ -52,7 +52,9 @@ def test_demo_is_synthetic_and_cpu_sized() -> None:
 def test_voc_baseline_is_the_standard_recipe() -> None:
     spec = load_spec(STUDIES / "voc_r50.toml")
     config = spec.train_config(spec.baseline)
-    assert config.train_split == "train_aug" and config.pretrained == "imagenet"
+    assert config.train_split == "train_aug_search" and config.val_split == "holdout"  # selection held out
+    assert (spec.finalize.train_split, spec.finalize.val_split) == ("train_aug", "val")  # the table: VOC val
+    assert config.pretrained == "imagenet"
     assert (config.crop_size, config.batch_size) == (513, 16)
     assert config.lr * config.head_lr_multiplier == pytest.approx(0.01)  # head 0.01, backbone 0.001
     assert spec.study.output_dir == Path("runs/voc-r50")
@@ -282,6 +284,37 @@ INVALID = {
     "finalize epochs below search": ("[train]\nepochs = 10\n[finalize]\nepochs = 5\n",
                                      "[finalize] epochs: 5 is below the search budget ([train] epochs = 10)"),
     "finalize weights not a path": ("[finalize]\npretrained_weights = 3\n", "[finalize] pretrained_weights: must be str"),
+    "finalize unknown split": ("[finalize]\nval_split = 'test'\n", "[finalize] val_split: must be one of train, val"),
+    "finalize scores its train split": ("[finalize]\nval_split = 'train_aug'\n",
+                                        "[finalize] val_split: must differ from train_split ('train_aug')"),
+    "finalize unknown schedule": ("[finalize]\nschedule = 'cosine'\n",
+                                  "[finalize] schedule: must be one of poly, wsd, got 'cosine'"),
+    "finalize scratch not a table": ("[finalize]\nscratch = 2\n", "[finalize] scratch: must be a table"),
+    "scratch unknown key": ("[finalize.scratch]\nlr_multiplyer = 2\n",
+                            "[finalize.scratch] lr_multiplyer: unknown setting or TrainConfig field "
+                            "(did you mean 'lr_multiplier'?)"),
+    "scratch bad multiplier": ("[finalize.scratch]\nepochs_multiplier = 0\n",
+                               "[finalize.scratch] epochs_multiplier: must be > 0, got 0"),
+    "scratch bad warmup": ("[finalize.scratch]\nwarmup_fraction = 1.5\n",
+                           "[finalize.scratch] warmup_fraction: must be in [0, 1), got 1.5"),
+    "scratch sets its backbone": ("[finalize.scratch]\nbackbone = 'resnet50'\n",
+                                  "[finalize.scratch] backbone: the arm is ResNet-101"),
+    "scratch sets lr": ("[finalize.scratch]\nlr = 0.1\n", "[finalize.scratch] lr: set lr_multiplier"),
+    "scratch sets a data field": ("[finalize.scratch]\nval_split = 'train'\n",
+                                  "[finalize.scratch] val_split: is shared by every configuration"),
+    "scratch bad override value": ("[finalize.scratch]\nmomentum = 1.5\n",
+                                   "[finalize.scratch] momentum: must be in [0, 1), got 1.5"),
+    "ablation unknown field": ("[finalize.ablation]\noutput_strides = [8, 16]\n",
+                               "[finalize.ablation] output_strides: unknown TrainConfig field (did you mean "
+                               "'output_stride'?)"),
+    "ablation not a list": ("[finalize.ablation]\noutput_stride = 8\n",
+                            "[finalize.ablation] output_stride: must be a non-empty list of values"),
+    "ablation bad value": ("[finalize.ablation]\noutput_stride = [8, 12]\n",
+                           "[finalize.ablation] output_stride: must be 8 or 16, got 12"),
+    "ablation repeated value": ("[finalize.ablation]\ncrop_size = [321, 321]\n",
+                                "[finalize.ablation] crop_size: repeats a value"),
+    "ablation of the seed": ("[finalize.ablation]\nseed = [1, 2]\n",
+                             "[finalize.ablation] seed: is shared by every configuration"),
 }
 
 

@@ -35,7 +35,7 @@ def test_tree_is_valid_voc_and_loads(synthetic_voc: Path):
     result = check_voc(synthetic_voc, progress=False)
     assert result.problems == [] and result.absent == []
     assert {split: summary.images for split, summary in result.splits.items()} == {
-        "train": 8, "val": 4, "trainval": 12, "train_aug": 8}
+        "train": 8, "val": 4, "trainval": 12, "train_aug": 8, "train_aug_search": 7, "holdout": 1}
     assert read_split_ids(synthetic_voc, "train_aug") == read_split_ids(synthetic_voc, "train")
     for split in SPLITS:
         image, mask = VOCSegmentation(synthetic_voc, split)[0]
@@ -98,7 +98,7 @@ def test_refuses_to_overwrite_and_leaves_nothing_behind(tmp_path: Path, monkeypa
     assert list((tmp_path / "crashed").iterdir()) == []
 
 
-@pytest.mark.parametrize(("key", "value"), [("train", 0), ("val", 0), ("size", 31), ("classes", 21), ("seed", -1)])
+@pytest.mark.parametrize(("key", "value"), [("train", 1), ("val", 0), ("size", 31), ("classes", 21), ("seed", -1)])
 def test_bad_parameters_name_the_key(key: str, value: int, tmp_path: Path):
     params = {"train": 2, "val": 1, "size": 32, "classes": 5, "seed": 0, key: value}
     with pytest.raises(ConfigError) as error:
@@ -108,8 +108,8 @@ def test_bad_parameters_name_the_key(key: str, value: int, tmp_path: Path):
 
 def test_ensure_synthetic_makes_once_then_reuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     voc_dir = ensure_synthetic(2, 1, 32, classes=3, seed=7, cache_root=tmp_path)
-    assert voc_dir == tmp_path / "synthetic-r3-t2-v1-s32-c3-seed7" / "VOCdevkit" / "VOC2012"
-    assert synthetic_set_name(2, 1, 32, 3, 7) == "synthetic-r3-t2-v1-s32-c3-seed7"
+    assert voc_dir == tmp_path / "synthetic-r4-t2-v1-s32-c3-seed7" / "VOCdevkit" / "VOC2012"
+    assert synthetic_set_name(2, 1, 32, 3, 7) == "synthetic-r4-t2-v1-s32-c3-seed7"
     monkeypatch.setattr(synthetic, "write_synthetic_voc", None)  # reuse must not write again
     assert ensure_synthetic(2, 1, 32, classes=3, seed=7, cache_root=tmp_path) == voc_dir
 

@@ -17,8 +17,9 @@ from segtrain.data.voc import (SPLITS, image_path, mask_dir, mask_path, read_ima
                                require_same_size, split_file)
 from segtrain.errors import DataError
 
-OPTIONAL_SPLITS = ("train_aug",)  # needs SBD; a VOC tree without it is complete
+OPTIONAL_SPLITS = ("train_aug", "train_aug_search", "holdout")  # need SBD; a VOC tree without them is complete
 _AUG = "train_aug"
+_PARTS = ("train_aug_search", "holdout")  # train_aug cut in two by prepare
 EXAMPLES = 5  # ids shown per train_aug problem
 
 
@@ -89,12 +90,15 @@ def check_voc(voc_dir: Path, progress: bool | None = None) -> CheckResult:
         listed = len(ids)
         if split == _AUG:
             ids = _check_train_aug(result, ids)  # reads only the ids whose files exist
+        elif split in _PARTS:  # their missing files are train_aug's, reported once there
+            ids = [image_id for image_id in ids if _has_files(result.voc_dir, split, image_id)]
         pixels = np.zeros(256, dtype=np.int64)
         for image_id in tqdm(ids, desc=f"checking {split}", unit="image", disable=_disable(progress)):
             counts = reader.pixels(split, image_id)
             if counts is not None:
                 pixels += counts
         result.splits[split] = SplitSummary(listed, pixels)
+    _check_parts(result)
     return result
 
 
@@ -123,6 +127,44 @@ def _check_train_aug(result: CheckResult, ids: list[str]) -> list[str]:
                                f"inflates val mIoU; train_aug must leave out every val id): {fix}")
     missing = set(no_mask) | set(no_image)
     return [image_id for image_id in ids if image_id not in missing]
+
+
+def _has_files(voc_dir: Path, split: str, image_id: str) -> bool:
+    return mask_path(voc_dir, split, image_id).is_file() and image_path(voc_dir, image_id).is_file()
+
+
+def _check_parts(result: CheckResult) -> None:
+    """train_aug_search and holdout must cut train_aug in two: disjoint, and together exactly train_aug.
+
+    A holdout that shares images with what the search trains on would reward memorising them.
+    """
+    present = [split for split in _PARTS if split_file(result.voc_dir, split).exists()]
+    if not present or not split_file(result.voc_dir, _AUG).exists():
+        return
+    fix = f"rebuild them with `python -m segtrain.data prepare --root {_prepare_root(result.voc_dir)}`"
+    if len(present) < len(_PARTS):
+        missing = next(split for split in _PARTS if split not in present)
+        result.problems.append(f"{split_file(result.voc_dir, present[0])} has no partner "
+                               f"{split_file(result.voc_dir, missing).name}: {fix}")
+        return
+    try:
+        aug, search, holdout = (set(read_split_ids(result.voc_dir, split)) for split in (_AUG, *_PARTS))
+    except DataError:
+        return  # already reported with its split
+    for split, ids in zip(_PARTS, (search, holdout)):
+        outside = sorted(ids - aug)
+        if outside:
+            result.problems.append(f"{split_file(result.voc_dir, split)} lists {_some(outside)} that train_aug.txt "
+                                   f"does not: {fix}")
+    shared = sorted(search & holdout)
+    if shared:
+        result.problems.append(f"{split_file(result.voc_dir, 'holdout')} lists {_some(shared)} that "
+                               f"train_aug_search.txt lists too (the search would select on images it trained "
+                               f"on): {fix}")
+    left_out = sorted(aug - search - holdout)
+    if left_out:
+        result.problems.append(f"train_aug_search.txt and holdout.txt together leave out {_some(left_out)} of "
+                               f"{split_file(result.voc_dir, _AUG)}: {fix}")
 
 
 def _some(ids: list[str]) -> str:

@@ -9,6 +9,11 @@ archives unpack:
     VOCdevkit/VOC2012/              VOCtrainval_11-May-2012.tar
     benchmark_RELEASE/dataset/      SBD's benchmark.tgz: cls/<id>.mat, img/, train.txt, val.txt
 
+It also cuts train_aug in two for the search: `holdout.txt` (1,000 ids by default,
+drawn with a fixed seed) and `train_aug_search.txt` (the rest). A study trains its
+trials on train_aug_search and selects on holdout, so VOC val is used once, for the
+final table.
+
 Each mask is written to a temporary name and renamed, and finished masks are
 skipped, so an interrupted run just resumes; train_aug.txt is written last.
 """
@@ -31,11 +36,13 @@ from torchvision.datasets.voc import DATASET_YEAR_DICT
 from tqdm import tqdm
 
 from segtrain.data.labels import IGNORE_INDEX, NUM_CLASSES, VOC_PALETTE
-from segtrain.data.voc import image_path, mask_dir, mask_path, read_split_ids, split_file
+from segtrain.data.voc import (image_path, mask_dir, mask_path, read_split_ids, split_file, split_holdout,
+                               write_split_ids)
 from segtrain.errors import DataError, UserError
-from segtrain.fileio import write_atomic, write_text_atomic
+from segtrain.fileio import write_atomic
 
 _AUG = "train_aug"
+DEFAULT_HOLDOUT = 1000  # ids of train_aug the search selects on, ~9% of the 10,582
 _VALID_IDS = np.array([*range(NUM_CLASSES), IGNORE_INDEX])
 
 
@@ -69,6 +76,7 @@ class PrepareReport:
     val: int  # ids in VOC val, none of them in train_aug
     excluded_val: int  # SBD or VOC train ids left out because VOC val holds them
     excluded_no_image: int  # ids left out because JPEGImages/ has no such image
+    holdout: int  # ids in holdout.txt; train_aug_search.txt holds the other train_aug - holdout
 
     def summary(self) -> str:
         lines = [f"downloaded and unpacked {' and '.join(self.downloaded)} "
@@ -80,15 +88,20 @@ class PrepareReport:
             f"and {self.excluded_no_image:,} without a JPEG",
             f"train_aug {self.train_aug:,} images, val {self.val:,} images "
             "(the full VOC 2012 + SBD give 10,582 and 1,449)",
+            f"for the search: train_aug_search {self.train_aug - self.holdout:,} images to train on, "
+            f"holdout {self.holdout:,} to select on (train_aug cut in two with a fixed seed)",
             f"next: python -m segtrain.data check --root {self.voc_dir}",
         ]
         return "\n".join(lines)
 
 
-def prepare(root: str | Path, download: bool = False, progress: bool | None = None) -> PrepareReport:
-    """Make train_aug under `root/VOCdevkit/VOC2012`; `download` first fetches whichever archive is missing.
+def prepare(root: str | Path, download: bool = False, progress: bool | None = None,
+            holdout: int | None = None) -> PrepareReport:
+    """Make train_aug and its two parts (train_aug_search + `holdout` ids) under `root/VOCdevkit/VOC2012`;
+    `download` first fetches whichever archive is missing.
 
-    `progress`: None shows a bar on terminals only.
+    `holdout`: None means DEFAULT_HOLDOUT, or a tenth of train_aug where that is fewer (a partial
+    tree). `progress`: None shows a bar on terminals only.
     """
     root = Path(root).expanduser()
     downloaded = tuple(archive.name for archive in ARCHIVES if download and fetch(root, archive))
@@ -98,14 +111,17 @@ def prepare(root: str | Path, download: bool = False, progress: bool | None = No
     candidates = set(read_sbd_ids(sbd_dir, "train")) | set(read_sbd_ids(sbd_dir, "val")) | voc_train
     outside_val = candidates - voc_val
     ids = sorted(image_id for image_id in outside_val if image_path(voc_dir, image_id).is_file())
+    search, held_out = split_holdout(ids, holdout or min(DEFAULT_HOLDOUT, max(1, len(ids) // 10)))
 
     _remove_stale_temporaries(mask_dir(voc_dir, _AUG))
     bar = tqdm(ids, desc="train_aug masks", unit="mask", disable=None if progress is None else not progress)
     actions = Counter(_place_mask(voc_dir, sbd_dir, image_id, from_voc=image_id in voc_train) for image_id in bar)
-    write_text_atomic(split_file(voc_dir, _AUG), "".join(f"{image_id}\n" for image_id in ids))
+    write_split_ids(voc_dir, "train_aug_search", search)
+    write_split_ids(voc_dir, "holdout", held_out)
+    write_split_ids(voc_dir, _AUG, ids)
     return PrepareReport(root, voc_dir, downloaded, actions["converted"], actions["copied"], actions["skipped"],
                          train_aug=len(ids), val=len(voc_val), excluded_val=len(candidates) - len(outside_val),
-                         excluded_no_image=len(outside_val) - len(ids))
+                         excluded_no_image=len(outside_val) - len(ids), holdout=len(held_out))
 
 
 def fetch(root: Path, archive: Archive) -> bool:
@@ -206,9 +222,18 @@ def add_prepare_command(commands: argparse._SubParsersAction) -> None:
                         help="folder holding VOCdevkit/ and SBD's benchmark_RELEASE/ (downloads go here too)")
     parser.add_argument("--download", action="store_true",
                         help="first fetch VOC 2012 trainval and SBD if absent (a few GB, MD5-checked)")
+    parser.add_argument("--holdout", type=_positive_int, metavar="N",
+                        help=f"train_aug ids held out for the search to select on (default: {DEFAULT_HOLDOUT}, "
+                             "or a tenth of train_aug if fewer)")
     parser.set_defaults(command=_run_prepare)
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def _run_prepare(args: argparse.Namespace) -> int:
-    print(prepare(args.root, download=args.download).summary())
+    print(prepare(args.root, download=args.download, holdout=args.holdout).summary())
     return 0

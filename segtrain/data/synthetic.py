@@ -25,9 +25,10 @@ import PIL.ImageDraw
 import scipy.ndimage
 
 from segtrain.data.labels import IGNORE_INDEX, VOC_PALETTE
+from segtrain.data.voc import split_holdout, write_split_ids
 from segtrain.errors import ConfigError, DataError
 
-RECIPE_VERSION = 3  # part of the cache dir name: bump when the scenes change so stale caches are not reused
+RECIPE_VERSION = 4  # part of the cache dir name: bump when the scenes change so stale caches are not reused
 _SPLIT_SEEDS = {"train": 0, "val": 1}
 _GOLDEN_RATIO = (5 ** 0.5 - 1) / 2  # hue step that keeps any prefix of the 20 classes well spread
 # VOC's photos are mostly landscape, mostly 500 pixels on the long side: here 3 in 4 scenes are
@@ -43,10 +44,11 @@ def write_synthetic_voc(out_dir: str | os.PathLike[str], train: int, val: int, s
 
     `size` is the longest side of the largest images (see `scene_shape`); `classes`
     object classes (VOC ids 1..classes) appear; train_aug (SegmentationClassAug/)
-    repeats train so that every split name works. The tree is built in a temporary
-    sibling and renamed into place, so it is either complete or absent.
+    repeats train and is cut into train_aug_search and a holdout of `holdout_size(train)`
+    images as `segtrain.data prepare` cuts VOC's, so that every split name works. The tree
+    is built in a temporary sibling and renamed into place, so it is either complete or absent.
     """
-    _require("train", train, train >= 1, ">= 1")
+    _require("train", train, train >= 2, ">= 2 (the holdout takes one)")
     _require("val", val, val >= 1, ">= 1")
     _require("size", size, size >= 32, ">= 32 pixels")
     _require("classes", classes, 1 <= classes <= 20, "in 1-20")
@@ -93,8 +95,15 @@ def _write_tree(voc_dir: Path, counts: dict[str, int], size: int, class_ids: lis
                 png.save(voc_dir / "SegmentationClassAug" / f"{image_id}.png")
     split_ids["trainval"] = split_ids["train"] + split_ids["val"]
     split_ids["train_aug"] = split_ids["train"]
+    split_ids["train_aug_search"], split_ids["holdout"] = split_holdout(split_ids["train"],
+                                                                        holdout_size(len(split_ids["train"])))
     for split, ids in split_ids.items():
-        (voc_dir / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+        write_split_ids(voc_dir, split, ids)
+
+
+def holdout_size(train: int) -> int:
+    """A sixth of the train images (at least one): the demo's 96 give 80 to search on and 16 to select on."""
+    return max(1, train // 6)
 
 
 def scene_shape(rng: np.random.Generator, max_side: int) -> tuple[int, int]:

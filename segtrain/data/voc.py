@@ -6,6 +6,7 @@ Layout (VOCtrainval_11-May-2012.tar, plus SBD's train_aug as most DeepLab repos 
     VOCdevkit/VOC2012/SegmentationClass/<id>.png      paletted, index = class id, 255 = void
     VOCdevkit/VOC2012/SegmentationClassAug/<id>.png   the 10,582 train_aug masks
     VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val,trainval,train_aug}.txt
+    VOCdevkit/VOC2012/ImageSets/Segmentation/{train_aug_search,holdout}.txt   train_aug in two (prepare)
 
 Masks are read as the PNG's palette indices, never by mapping colours back to classes.
 """
@@ -25,19 +26,21 @@ import torch
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
+from segtrain.config import SPLITS
 from segtrain.data.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, VOC_PALETTE
 from segtrain.data.transforms import eval_transform
 from segtrain.errors import DataError
+from segtrain.fileio import write_text_atomic
 
 __all__ = [
     "CLASS_NAMES", "IGNORE_INDEX", "NUM_CLASSES", "SPLITS", "VOC_PALETTE", "VOCSegmentation",
     "find_voc_dir", "image_path", "mask_dir", "mask_path", "read_image", "read_image_size", "read_mask",
-    "read_pair", "read_split_ids", "require_same_size", "split_file",
+    "read_pair", "read_split_ids", "require_same_size", "split_file", "split_holdout", "write_split_ids",
 ]
 
-SPLITS = ("train", "val", "trainval", "train_aug")
 _SPLIT_DIR = Path("ImageSets", "Segmentation")
 _AUG_SPLIT = "train_aug"
+AUG_SPLITS = (_AUG_SPLIT, "train_aug_search", "holdout")  # train_aug and its two parts: SBD-style masks
 
 Transform = Callable[[tv_tensors.Image, tv_tensors.Mask], tuple[torch.Tensor, torch.Tensor]]
 
@@ -70,8 +73,8 @@ def split_file(voc_dir: Path, split: str) -> Path:
 
 
 def mask_dir(voc_dir: Path, split: str) -> Path:
-    """train_aug's masks live in SegmentationClassAug/; every other split uses VOC's own."""
-    return voc_dir / ("SegmentationClassAug" if split == _AUG_SPLIT else "SegmentationClass")
+    """train_aug's masks (and so its parts') live in SegmentationClassAug/; every other split uses VOC's own."""
+    return voc_dir / ("SegmentationClassAug" if split in AUG_SPLITS else "SegmentationClass")
 
 
 def image_path(voc_dir: Path, image_id: str) -> Path:
@@ -89,15 +92,40 @@ def read_split_ids(voc_dir: Path, split: str) -> list[str]:
     the id is the stem of its first field.
     """
     path = split_file(Path(voc_dir), split)
-    hint = ("train_aug needs SBD's masks in SegmentationClassAug/ and the id list train_aug.txt; "
-            "add them, or train on --train-split train" if split == _AUG_SPLIT
-            else "is this a complete VOC 2012 trainval tree (VOCtrainval_11-May-2012.tar)?")
+    if split == _AUG_SPLIT:
+        hint = ("train_aug needs SBD's masks in SegmentationClassAug/ and the id list train_aug.txt; "
+                "add them, or train on --train-split train")
+    elif split in AUG_SPLITS:
+        hint = f"{split}.txt is a part of train_aug that `python -m segtrain.data prepare` writes; run it again"
+    else:
+        hint = "is this a complete VOC 2012 trainval tree (VOCtrainval_11-May-2012.tar)?"
     if not path.is_file():
         raise DataError(f"split file {path} not found: {hint}")
     ids = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
     if not ids:
         raise DataError(f"split file {path} lists no image ids: {hint}")
     return ids
+
+
+def write_split_ids(voc_dir: Path, split: str, ids: Sequence[str]) -> Path:
+    """`ImageSets/Segmentation/<split>.txt`, one id a line, written atomically."""
+    return write_text_atomic(split_file(Path(voc_dir), split), "".join(f"{image_id}\n" for image_id in ids))
+
+
+HOLDOUT_SEED = 0  # fixed: every lab that runs prepare on the same train_aug holds out the same ids
+
+
+def split_holdout(train_aug: Sequence[str], size: int) -> tuple[list[str], list[str]]:
+    """(train_aug_search, holdout): `size` ids drawn from train_aug with a fixed seed, and the rest,
+    each in train_aug's order. The search trains on the first and selects on the second, so the
+    images that score the final table (VOC val) never decide which configuration wins."""
+    if not 0 < size < len(train_aug):
+        raise DataError(f"a holdout of {size} images leaves none of train_aug's {len(train_aug)} to train on: "
+                        f"hold out fewer (--holdout N)")
+    drawn = np.random.default_rng(HOLDOUT_SEED).choice(len(train_aug), size=size, replace=False)
+    held = set(drawn.tolist())
+    return ([image_id for index, image_id in enumerate(train_aug) if index not in held],
+            [image_id for index, image_id in enumerate(train_aug) if index in held])
 
 
 def read_image(path: Path) -> tv_tensors.Image:

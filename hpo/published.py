@@ -1,0 +1,78 @@
+"""Published DeepLabV3 figures on VOC 2012 val, each with its protocol as data, and which final columns match.
+
+Each figure is checked against its source in docs/results.md (which lists the caveats).
+A figure is set beside a final configuration's "mIoU <protocol>" column only where the
+backbone (ImageNet-pretrained), the splits (trained on train_aug, scored on val), the
+training output stride and the evaluation protocol (output stride, scales, flip) are the
+same; what still differs (e.g. a center-cropped evaluation) is listed.
+
+Reads hpo.results; hpo.report and hpo.tables use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hpo.results import EvalProtocol, Summary
+
+
+@dataclass(frozen=True)
+class PublishedFigure:
+    source: str
+    backbone: str  # TrainConfig.backbone it corresponds to
+    train_output_stride: int
+    protocol: EvalProtocol
+    miou_percent: float
+    training: str  # crops, batch, schedule: not matched, shown
+    differs: tuple[str, ...]  # what differs from segtrain's run even when the protocol matches
+    url: str
+
+    @property
+    def label(self) -> str:
+        scales = "single scale" if self.protocol.scales == (1.0,) else \
+            f"scales {', '.join(f'{s:g}' for s in self.protocol.scales)}"
+        return (f"train OS {self.train_output_stride}, eval OS {self.protocol.output_stride}, {scales}"
+                f"{', flip' if self.protocol.flip else ', no flip'}")
+
+
+PUBLISHED = (
+    PublishedFigure("DeepLabV3 paper (Chen et al. 2017, arXiv:1706.05587)", "resnet101", 16, EvalProtocol(16), 77.21,
+                    "train_aug", ("multi-grid (1, 2, 4) in block 4",), "https://arxiv.org/abs/1706.05587"),
+    PublishedFigure("VainF/DeepLabV3Plus-Pytorch", "resnet50", 16, EvalProtocol(16), 76.9,
+                    "513 crops, batch 16, 30k it", ("513 x 513 center-crop evaluation", "best-on-val checkpoint"),
+                    "https://github.com/VainF/DeepLabV3Plus-Pytorch"),
+    PublishedFigure("VainF/DeepLabV3Plus-Pytorch", "resnet101", 16, EvalProtocol(16), 77.3,
+                    "513 crops, batch 16, 30k it", ("513 x 513 center-crop evaluation", "best-on-val checkpoint"),
+                    "https://github.com/VainF/DeepLabV3Plus-Pytorch"),
+    PublishedFigure("open-mmlab/mmsegmentation", "resnet50", 8, EvalProtocol(8), 76.17,
+                    "512 crops, batch 16, 20k it", ("ResNet-V1c stem", "auxiliary FCN head", "SyncBN"),
+                    "https://github.com/open-mmlab/mmsegmentation/tree/main/configs/deeplabv3"),
+    PublishedFigure("open-mmlab/mmsegmentation", "resnet101", 8, EvalProtocol(8), 78.70,
+                    "512 crops, batch 16, 20k it", ("ResNet-V1c stem", "auxiliary FCN head", "SyncBN"),
+                    "https://github.com/open-mmlab/mmsegmentation/tree/main/configs/deeplabv3"),
+)
+
+
+@dataclass(frozen=True)
+class Match:
+    figure: PublishedFigure
+    configuration: str
+    protocol: str  # the column: "mIoU <protocol>"
+    miou: float  # the configuration's mean, a fraction
+
+
+def matches(summaries: Sequence[Summary], figures: Sequence[PublishedFigure] = PUBLISHED) -> list[Match]:
+    """Each (figure, configuration column) pair whose backbone, training stride and eval protocol agree."""
+    found = []
+    for figure in figures:
+        for s in summaries:
+            config = s.configuration.config
+            if (config.backbone, config.output_stride, config.pretrained is not None, config.train_split,
+                    config.val_split) != (figure.backbone, figure.train_output_stride, True, "train_aug", "val"):
+                continue
+            for protocol, stat in s.miou.items():
+                protocols = {run.protocol(protocol) for run in s.ok}
+                if stat.mean is not None and protocols == {figure.protocol}:
+                    found.append(Match(figure, s.name, protocol, stat.mean))
+    return found

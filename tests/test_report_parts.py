@@ -1,0 +1,230 @@
+"""The final report's parts on hand-made results and in-memory studies (no training): which comparisons are
+made and corrected, failed seeds, the words of each verdict, the splits sentence, what each factor does,
+both importance rankings, the published figures' protocol matching, and the evaluation-protocol hook."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
+from scipy import stats as scipy_stats
+
+from hpo import compare, report, stats, tables
+from hpo.factors import effects, importances
+from hpo.published import PUBLISHED, matches
+from hpo.results import Configuration, FinalRun, protocols_of, summarize
+from hpo.space import Param
+from hpo.spec import load_spec
+from segtrain.config import TrainConfig
+from segtrain.engine import TrainResult
+
+SEEDS = (0, 1, 2)
+
+
+def configuration(name: str, roles: tuple[str, ...], search_value: float | None = None, **config) -> Configuration:
+    return Configuration(name, f"the {name} recipe", roles, None, {}, TrainConfig(**config), search_value)
+
+
+def runs(c: Configuration, mious: list[float | None], status: str = "diverged: loss became nan at step 7",
+         **evaluations: list[float]) -> list[FinalRun]:
+    """One run per seed; None is a failed seed with `status`. `evaluations`: protocol -> mIoU per seed."""
+    out = []
+    for seed, miou in zip(SEEDS, mious):
+        result = None if miou is None else TrainResult(
+            c.config.replace(seed=seed), miou, miou, [miou] + [None] * 20, 0.9, 0.8, [], 10, 60.0, 5.0, 2**30,
+            40_000_000)
+        extra = {p: {"miou": values[seed], "protocol": {"output_stride": 8, "scales": [1.0], "flip": False}}
+                 for p, values in evaluations.items()}
+        out.append(FinalRun(c, seed, Path(f"/runs/{c.name}/seed-{seed}"), result,
+                            "ok" if result else status, "trained", extra))
+    return out
+
+
+@pytest.fixture
+def summaries():
+    """Three top configurations and a baseline; top-3 lost a seed to divergence."""
+    top = [configuration("top-1", ("top",), 0.81), configuration("top-2", ("top",), 0.80),
+           configuration("top-3", ("top",), 0.79)]
+    baseline = configuration("baseline", ("baseline",), 0.70)
+    return summarize([*runs(top[0], [0.780, 0.790, 0.772]), *runs(top[1], [0.741, 0.752, 0.745]),
+                      *runs(top[2], [0.760, None, 0.700]), *runs(baseline, [0.740, 0.750, 0.744])])
+
+
+def test_failed_seeds_are_listed_with_their_reason_and_left_out_of_the_mean(summaries):
+    top3 = summaries[2]
+    assert (top3.seeds, top3.miou["ss"].n, top3.miou["ss"].mean) == ("2/3", 2, pytest.approx(0.73))
+    assert top3.status == "seed 1: diverged: loss became nan at step 7"
+    record = tables.configuration_record(top3, [0])
+    assert record["failed"] == [{"seed": 1, "reason": "diverged: loss became nan at step 7"}]
+    assert (record["seeds_planned"], record["seeds_finished"], record["miou"]["n"]) == (3, 2, 2)
+    assert "| top-3 " in tables.final_table(summaries) and "seed 1: diverged" in tables.final_table(summaries)
+
+
+def test_each_top_configuration_is_compared_with_the_baseline_holm_corrected(summaries):
+    found = compare.comparisons(summaries)
+    assert [(c.a, c.b, c.family) for c in found] == [(f"top-{k}", "baseline", "top-k vs baseline") for k in (1, 2, 3)]
+    raw = [scipy_stats.ttest_rel([0.780, 0.790, 0.772], [0.740, 0.750, 0.744]).pvalue,
+           scipy_stats.ttest_rel([0.741, 0.752, 0.745], [0.740, 0.750, 0.744]).pvalue,
+           scipy_stats.ttest_rel([0.760, 0.700], [0.740, 0.744]).pvalue]  # top-3: the seeds both finished
+    assert [c.paired.p for c in found] == pytest.approx(raw)
+    assert [c.p_holm for c in found] == pytest.approx(stats.holm(raw))
+    assert found[2].seeds == (0, 2) and found[2].paired.n == 2
+    top1, top2 = found[0], found[1]
+    assert top1.p_holm == pytest.approx(3 * raw[0])  # the smallest p, times the 3 comparisons
+    assert top1.verdict == "better" and top2.verdict == "inconclusive"
+    assert top1.sentence().startswith("`top-1` vs `baseline`: better at 3 seeds, +0.0360 mIoU ss (95% CI [")
+    assert "; these seeds could detect about" in top2.sentence()
+    record = top1.record()
+    assert set(record) >= {"a", "b", "difference", "ci95", "p", "p_holm", "verdict", "p_permutation", "n", "mdd"}
+    assert record["p_permutation"] == 0.25 and record["ci95"][0] > 0
+
+
+def test_a_comparison_without_two_shared_seeds_is_inconclusive_with_its_reason():
+    a, b = configuration("r101-imagenet", ("r101-imagenet",)), configuration("r101-scratch", ("r101-scratch",))
+    summaries = summarize([*runs(a, [0.7, None, None], "weights unavailable: offline"), *runs(b, [0.5, 0.52, None])])
+    (found,) = compare.comparisons(summaries)
+    assert (found.family, found.paired.n, found.verdict, found.p_holm) == ("pretrained vs scratch", 1, "inconclusive",
+                                                                          None)
+    assert found.reason == "1 seed finished in both, a test needs 2"
+    assert "from one seed (1 seed finished in both, a test needs 2)" in found.sentence()
+
+
+def test_ablations_are_compared_with_the_best_configuration():
+    best = configuration("top-1", ("top",), 0.8)
+    ablation = Configuration("ablation output_stride=8", "", ("ablation",), None, {}, TrainConfig(output_stride=8),
+                             None, ("output_stride", 8))
+    summaries = summarize([*runs(best, [0.70, 0.71, 0.72]), *runs(ablation, [0.75, 0.77, 0.76])])
+    (found,) = compare.comparisons(summaries)
+    assert (found.a, found.b, found.family, found.verdict) == ("ablation output_stride=8", "top-1", "ablation vs best",
+                                                               "better")
+    table = tables.ablation_table("output_stride", [(16, summaries[0], None), (8, summaries[1], found)], "ss")
+    assert "| 16            | top-1 " in table and "(reference)" in table and "| +0.0500 " in table
+
+
+def test_rank_agreement_is_kendalls_tau_over_the_search_trials(summaries):
+    agreement = compare.rank_agreement(summaries)
+    assert agreement.names == ("top-1", "top-2", "top-3", "baseline")
+    means = [s.miou["ss"].mean for s in summaries]
+    assert agreement.rank.tau == pytest.approx(scipy_stats.kendalltau([0.81, 0.80, 0.79, 0.70], means).statistic)
+
+
+def test_other_protocols_become_columns_and_comparisons_of_their_own():
+    """The hook for segtrain.evaluation: a run's evaluations under more protocols are one more mIoU column."""
+    best, baseline = configuration("top-1", ("top",)), configuration("baseline", ("baseline",))
+    runs_ = [*runs(best, [0.70, 0.71, 0.72], os8=[0.73, 0.74, 0.75]),
+             *runs(baseline, [0.60, 0.61, 0.62], os8=[0.66, 0.62, 0.65])]
+    assert protocols_of(runs_) == ["ss", "os8"]
+    summaries = summarize(runs_)
+    assert summaries[0].miou["os8"].mean == pytest.approx(0.74)
+    assert "| mIoU ss " in tables.final_table(summaries) and "| mIoU os8 " in tables.final_table(summaries)
+    assert {"miou", "miou_os8", "miou_os8_ci95_low"} <= set(tables.summary_record(summaries[0]))
+    assert [c.protocol for c in compare.comparisons(summaries, "os8")] == ["os8"]
+    assert tables.configuration_record(summaries[0], [0])["miou_os8"]["n"] == 3
+    # trained at OS 16: its ss column matches the published OS 16/16 figures, its os8 column (eval OS 8) none
+    assert {(m.protocol, m.figure.train_output_stride, m.figure.protocol.output_stride)
+            for m in matches(summaries)} == {("ss", 16, 16)}
+
+
+def test_published_figures_sit_beside_a_column_of_the_same_protocol_only():
+    r101 = configuration("r101-imagenet", ("r101-imagenet",), backbone="resnet101", output_stride=16)
+    r50 = configuration("top-1", ("top",), output_stride=8)  # ImageNet-pretrained ResNet-50 at OS 8
+    scratch = configuration("r101-scratch", ("r101-scratch",), backbone="resnet101", pretrained=None)
+    on_train = configuration("baseline", ("baseline",), train_split="train")  # VOC train, not train_aug
+    summaries = summarize([*runs(r101, [0.77, 0.78, 0.76]), *runs(r50, [0.75, 0.76, 0.77]),
+                           *runs(scratch, [0.5, 0.5, 0.5]), *runs(on_train, [0.7, 0.7, 0.7])])
+    found = {(m.figure.source.split(" ")[0], m.figure.backbone, m.configuration) for m in matches(summaries)}
+    assert found == {("DeepLabV3", "resnet101", "r101-imagenet"), ("VainF/DeepLabV3Plus-Pytorch", "resnet101",
+                                                                   "r101-imagenet"),
+                     ("open-mmlab/mmsegmentation", "resnet50", "top-1")}
+    assert all(f.protocol.scales == (1.0,) and not f.protocol.flip for f in PUBLISHED)
+    table = tables.published_table(PUBLISHED, matches(summaries))
+    assert "r101-imagenet mIoU ss = 77.00" in table and "top-1 mIoU ss = 76.00" in table
+
+
+def test_the_splits_sentence_says_whether_selection_biases_the_table(tmp_path):
+    held_out = tmp_path / "held.toml"
+    held_out.write_text('[train]\ntrain_split = "train_aug_search"\nval_split = "holdout"\n'
+                        '[space]\nlr = {type = "float", low = 0.001, high = 0.1}\n')
+    same = tmp_path / "same.toml"
+    same.write_text('[space]\nlr = {type = "float", low = 0.001, high = 0.1}\n'
+                    '[finalize]\ntrain_split = "train"\n')
+    spec = load_spec(held_out)
+    assert report.selection_sentence(spec, spec.finalize) == (
+        "The search trained on `train_aug_search` and selected on `holdout`; this table reports `val`, which the "
+        "search never scored, so the selection does not bias it.")
+    spec = load_spec(same)
+    assert report.selection_sentence(spec, spec.finalize).startswith(
+        "The search selected its configurations on `val`, the split this table reports, so")
+    assert "finalize retrains on `train` and reports on `val`, the split the search selected on." in spec.to_markdown()
+
+
+@pytest.mark.parametrize(("train", "expected"), [
+    ("epochs = 2", "schedule `poly` (poly_power = 0.9), 2 epochs"),
+    ('epochs = 4\nschedule = "wsd"\nwarmup_epochs = 0.5', "schedule `wsd` (decay_fraction = 0.2, "
+                                                         "decay_shape = '1-sqrt', warmup_epochs = 0.5), 4 epochs"),
+])
+def test_the_search_schedule_is_named_with_its_settings(tmp_path, train, expected):
+    path = tmp_path / "s.toml"
+    path.write_text(f'[train]\n{train}\n[space]\nlr = {{type = "float", low = 0.001, high = 0.1}}\n')
+    assert report.schedule_text(load_spec(path)) == expected
+
+
+SPACE = (Param("lr", "float", low=1e-4, high=1e-1, log=True), Param("output_stride", "categorical", choices=(8, 16)))
+DISTRIBUTIONS = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "output_stride": CategoricalDistribution([8, 16])}
+
+
+@pytest.fixture
+def searched() -> optuna.Study:
+    """Twelve trials: stride 8 scores 0.1 higher at the first evaluation; lr from 1e-4 to 1e-1; the low
+    halves are pruned there. Values are chosen so that medians can be read off by hand."""
+    study = optuna.create_study(direction="maximize")
+    for index in range(12):
+        stride, lr = (8, 16)[index % 2], 10 ** (-4 + 3 * index / 11)
+        first = 0.3 + 0.1 * (stride == 8) + 0.01 * index
+        pruned = index < 6
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.PRUNED if pruned else TrialState.COMPLETE, value=None if pruned else first + 0.3,
+            params={"lr": lr, "output_stride": stride}, distributions=DISTRIBUTIONS,
+            intermediate_values={1: first} if pruned else {1: first, 2: first + 0.3}))
+    return study
+
+
+def test_what_each_factor_does_per_value_and_per_tercile(searched):
+    lr, stride = effects(searched, SPACE)
+    assert stride.grouping == "per value" and [g.label for g in stride.groups] == ["8", "16"]
+    eight, sixteen = stride.groups
+    # stride 8: trials 0, 2, ..., 10: first = 0.4 + 0.01 i, median over i = 0..10 step 2 = 0.45
+    assert (len(eight.first), eight.median_first, eight.best_first) == (6, pytest.approx(0.45), pytest.approx(0.5))
+    assert (len(eight.final), eight.median_final) == (3, pytest.approx(0.4 + 0.08 + 0.3))  # trials 6, 8, 10
+    assert sixteen.median_first == pytest.approx(0.36)
+    assert stride.sentence().startswith("`output_stride`: 8 had the highest median at the first evaluation, "
+                                        "0.450 over 6 trials, vs 0.360 over 6 for 16 (+0.090); at the end")
+    assert lr.grouping == "per tercile of the sampled values" and [len(g.first) for g in lr.groups] == [4, 4, 4]
+    assert [len(g.final) for g in lr.groups] == [0, 2, 4]  # the low-lr trials were the pruned ones
+    assert lr.groups[0].label.startswith("[0.0001, ") and lr.groups[-1].label.endswith(", 0.1]")
+    assert "| output_stride | trials at 1st eval |" in tables.effect_table(stride)
+
+
+def test_importance_is_computed_on_complete_trials_and_on_every_trial_at_the_first_evaluation(searched):
+    complete, first = importances(searched)
+    assert (complete.n, first.n) == (6, 12)
+    assert "complete trials" in complete.trials and "complete and pruned" in first.trials
+    assert set(complete.importances) == set(first.importances) == {"lr", "output_stride"}
+    assert sum(first.importances.values()) == pytest.approx(1.0)
+    table = tables.importance_table([complete, first])
+    assert "(final score), n = 6 |" in table and "(score there), n = 12 |" in table
+
+
+def test_results_json_holds_the_statistics_the_issue_names(summaries):
+    found = compare.comparisons(summaries)
+    data = json.loads(json.dumps(tables.results_json({"study": "s"}, summaries, found, {"rank_agreement": {}})))
+    top1 = data["configurations"][0]["miou"]
+    assert set(top1) == {"mean", "std", "n", "ci95"} and len(top1["ci95"]) == 2
+    assert [set(c) >= {"a", "b", "difference", "ci95", "p", "p_holm", "verdict"} for c in data["comparisons"]] == \
+        [True] * 3
+    assert {c["verdict"] for c in data["comparisons"]} <= {"better", "worse", "inconclusive"}
+    assert data["protocols"] == ["ss"] and len(data["runs"]) == 12
