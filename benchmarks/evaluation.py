@@ -70,10 +70,10 @@ def main() -> None:
     args = parse_args(__doc__)
     images, multi_scale_images, max_side, repeats = (3, 1, 48, 1) if args.quick else (24, 4, 250, 3)
     with tempfile.TemporaryDirectory() as tmp:
-        voc_dir = write_synthetic_voc(Path(tmp), train=1, val=images, size=max_side, classes=20, seed=0)
+        voc_dir = write_synthetic_voc(Path(tmp), train=2, val=images, size=max_side, classes=20, seed=0)
         dataset = VOCSegmentation(voc_dir, "val")
         # the first images of the same set (a scene depends on its seed and index alone)
-        few = VOCSegmentation(write_synthetic_voc(Path(tmp) / "few", train=1, val=multi_scale_images,
+        few = VOCSegmentation(write_synthetic_voc(Path(tmp) / "few", train=2, val=multi_scale_images,
                                                   size=max_side, classes=20, seed=0), "val")
         sizes = dataset.image_sizes
         print(f"{machine()}\n{images} synthetic val images of {len(set(sizes))} sizes (height x width: "
