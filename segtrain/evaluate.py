@@ -30,8 +30,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--output-stride", type=int, choices=OUTPUT_STRIDES,
                         help="output stride at evaluation (default: the run's)")
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="S",
-                        help=f"input scales whose predictions are averaged (default: 1.0; the DeepLab "
-                             f"papers' multi-scale set is {' '.join(f'{s:g}' for s in MULTI_SCALES)})")
+                        help=f"input scales whose predictions are averaged (default: 1.0; TF DeepLab's "
+                             f"and mmsegmentation's multi-scale set is {' '.join(f'{s:g}' for s in MULTI_SCALES)})")
     parser.add_argument("--flip", action="store_true", help="also average the left-right flipped inputs")
     parser.add_argument("--eval-batch-size", type=int, metavar="N",
                         help="images per batch (default: the run's); changes the speed, never the result")
