@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from hpo import report
 from hpo.objective import feasible
-from hpo.search import load_with_overrides, open_existing_study
+from hpo.search import add_output_dir_argument, load_with_overrides, open_existing_study
+from hpo.space import train_overrides
 from hpo.spec import FinalizeOptions, StudySpec
 from hpo.storage import safe_url
 from segtrain.cli import ArgumentParser, run
@@ -101,7 +102,8 @@ def plan(spec: StudySpec, study: optuna.Study, options: FinalizeOptions) -> list
         log.warning("only %d distinct complete configurations in the study (top_k = %d): finalizing those",
                     len(ranked), options.top_k)
     full = {"epochs": options.epochs, "seed": 0}
-    entries = [(f"top-{rank}", f"trial {trial.number}", "top", trial.number, dict(trial.params))
+    entries = [(f"top-{rank}", f"trial {trial.number}", "top", trial.number,
+                train_overrides(spec.space, trial.params))
                for rank, trial in enumerate(ranked[:options.top_k], start=1)]
     if spec.baseline:
         baseline = next((t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")), None)
@@ -111,9 +113,10 @@ def plan(spec: StudySpec, study: optuna.Study, options: FinalizeOptions) -> list
     source = f" ({weights})" if options.pretrained_weights else ""
     entries.append(("r101-imagenet", f"ResNet-101, ImageNet-pretrained{source}, trial {best.number}'s "
                     "hyperparameters", "r101-imagenet", best.number,
-                    {**best.params, "backbone": "resnet101", "pretrained": weights}))
+                    {**train_overrides(spec.space, best.params), "backbone": "resnet101", "pretrained": weights}))
     entries.append(("r101-scratch", f"ResNet-101 from scratch, trial {best.number}'s hyperparameters",
-                    "r101-scratch", best.number, {**best.params, "backbone": "resnet101", "pretrained": None}))
+                    "r101-scratch", best.number,
+                    {**train_overrides(spec.space, best.params), "backbone": "resnet101", "pretrained": None}))
 
     configurations: list[Configuration] = []
     for name, description, role, trial, params in entries:
@@ -208,7 +211,8 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m hpo.finalize", description=__doc__.splitlines()[0])
     parser.add_argument("--study", type=Path, default=DEFAULT_STUDY, help=f"study spec (default: {DEFAULT_STUDY})")
     parser.add_argument("--storage", help="Optuna storage URL (default: [study] storage, or "
-                                          "sqlite:///runs/<name>/study.db)")
+                                          "sqlite:///<output dir>/study.db)")
+    add_output_dir_argument(parser)
     parser.add_argument("--top-k", type=int, help="retrain the best K distinct configurations "
                                                   "(default: [finalize] top_k)")
     parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",

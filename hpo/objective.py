@@ -23,7 +23,7 @@ import optuna
 import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-from hpo.space import suggest
+from hpo.space import suggest, train_overrides
 from hpo.spec import StudySpec
 from segtrain.engine import CHECKPOINT, EvalResult, TrainingDiverged, train
 
@@ -45,7 +45,7 @@ class Objective:
         self.interrupted: int | None = None  # the trial Ctrl-C stopped, to be re-queued
 
     def __call__(self, trial: optuna.Trial) -> float:
-        cfg = self.spec.train_config(suggest(trial, self.spec.space))
+        cfg = self.spec.train_config(train_overrides(self.spec.space, suggest(trial, self.spec.space)))
         trial.set_user_attr("config", cfg.to_dict())
         run_dir = trial_dir(self.trials_dir, trial.number)
         resume = self.adopt_checkpoint(trial, run_dir)

@@ -23,7 +23,7 @@ from optuna_dashboard import save_note
 from tqdm import tqdm
 
 from hpo.objective import Objective, TrialOutOfMemory, feasible, keep_best_checkpoints
-from hpo.space import enqueue_baseline
+from hpo.space import enqueue_seeded
 from hpo.spec import StudySpec, load_spec
 from hpo.storage import (WORKER_ATTR, StudyLock, dashboard_command, fail_dead_trials, local_path,
                          open_storage, retry_callback, safe_url, worker_id)
@@ -108,7 +108,7 @@ def prepare(spec: StudySpec) -> optuna.Study:
         study = open_study(spec, int(os.environ.get(WORKER_ENV, "0")))
         if not study.trials:  # a new study; later, finalize adds its results to the note
             save_note(study, spec.to_markdown())
-        enqueue_baseline(study, spec.baseline)
+        enqueue_seeded(study, spec.space, spec.seeded_trials())
     return study
 
 
@@ -215,7 +215,7 @@ def require_writable(directory: Path) -> Path:
         probe.unlink()
     except OSError as error:
         raise UserError(f"{directory}: cannot write outputs there ({error.strerror}); "
-                        f"run from a writable directory or change [study] name") from None
+                        f"choose another with --output-dir or [study] output_dir") from None
     return directory
 
 
@@ -246,10 +246,12 @@ def positive_float(text: str) -> float:
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m hpo.search", description=__doc__.splitlines()[0])
     parser.add_argument("--study", type=Path, default=DEFAULT_STUDY, help=f"study spec (default: {DEFAULT_STUDY})")
-    parser.add_argument("--trials", type=positive_int, default=40,
-                        help="finished (complete + pruned) trials the study should hold (default: 40)")
+    parser.add_argument("--trials", type=positive_int,
+                        help="finished (complete + pruned) trials the study should hold (default: [study] trials, "
+                             "else 40)")
     parser.add_argument("--storage", help="Optuna storage URL (default: [study] storage, or "
-                                          "sqlite:///runs/<name>/study.db)")
+                                          "sqlite:///<output dir>/study.db)")
+    add_output_dir_argument(parser)
     parser.add_argument("--timeout", type=positive_float, help="start no new trial after this many seconds")
     parser.add_argument("--data-root", help="VOC root (overrides [train] data_root and $VOC_ROOT)")
     parser.add_argument("--workers", type=positive_int,
@@ -261,16 +263,26 @@ def build_parser() -> ArgumentParser:
 def worker_argv(args: argparse.Namespace) -> list[str]:
     """The arguments of each worker --workers starts: the parent's, less --workers and the summary."""
     options = {"--study": args.study, "--trials": args.trials, "--storage": args.storage,
-               "--timeout": args.timeout, "--data-root": args.data_root}
+               "--output-dir": args.output_dir, "--timeout": args.timeout, "--data-root": args.data_root}
     return [*(part for flag, value in options.items() if value is not None for part in (flag, str(value))),
             "--no-summary"]
 
 
+def add_output_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output-dir", type=Path, metavar="DIR",
+                        help="where trials/, final/, probe.json and the default study.db go (default: [study] "
+                             "output_dir, else runs/<name>); with several machines, shared storage, so that a "
+                             "retry finds its dead trial's checkpoint")
+
+
 def load_with_overrides(args: argparse.Namespace) -> StudySpec:
+    """The spec, with the CLI's --data-root, --output-dir and --storage (any it has) applied."""
     spec = load_spec(args.study)
-    if args.data_root:
+    if getattr(args, "data_root", None):
         spec = spec.with_train(data_root=args.data_root)
-    if args.storage:
+    if getattr(args, "output_dir", None):
+        spec = spec.with_output_dir(args.output_dir)
+    if getattr(args, "storage", None):
         spec = spec.with_storage(args.storage)
     return spec
 
@@ -283,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.workers:
             return run_pool(spec, args)
-        study = run_search(spec, args.trials, args.timeout)
+        study = run_search(spec, args.trials or spec.study.trials, args.timeout)
     except KeyboardInterrupt:
         print("interrupted: the running trial is marked failed and queued to resume on the next run",
               file=sys.stderr)
