@@ -123,10 +123,11 @@ def test_an_unreadable_probe_file_is_one_line_and_left_as_it_is(workdir, capsys)
 
 
 def test_the_probe_measures_every_corner_and_is_reused(workdir, capsys):
-    """One step per corner of a tiny spec: ResNet-50 (the search, and its baseline) and ResNet-101
-    (finalize), training and evaluation."""
+    """One step per corner of a tiny ResNet-101 study (whose finalize also trains ResNet-101): one training
+    corner, which is the baseline's too, and one evaluation corner."""
     torch.set_num_threads(1)
-    spec_path = write_spec(workdir, "tiny", workdir / "cache", train=CHEAP_TRAIN + "batch_size = 2\n",
+    spec_path = write_spec(workdir, "tiny", workdir / "cache",
+                           train=CHEAP_TRAIN + 'batch_size = 2\nbackbone = "resnet101"\n',
                            space='lr = {type = "float", low = 1e-3, high = 1e-1, log = true}',
                            baseline="lr = 0.02", pruner='type = "none"')
     argv = ["--study", str(spec_path), "--probe-steps", "1", "--memory-limit-gb", "64"]
@@ -137,14 +138,16 @@ def test_the_probe_measures_every_corner_and_is_reused(workdir, capsys):
     assert written["schema"] == 1 and written["device"].startswith("cpu") and written["torch"] == torch.__version__
     assert (written["memory_limit_bytes"], written["memory_limit_source"]) == (64 * 2 ** 30, "--memory-limit-gb")
     assert written["settings"]["steps"] == 1 and written["settings"]["key"] == probe.settings_key(load_spec(spec_path))
-    corners = {(c["kind"], c["backbone"]): c for c in written["corners"]}
-    assert sorted(corners) == [("eval", "resnet101"), ("eval", "resnet50"), ("train", "resnet101"),
-                               ("train", "resnet50")]  # the baseline is the ResNet-50 corner itself
-    for corner in corners.values():
-        assert (corner["crop_size"], corner["output_stride"]) == ((33, 16) if corner["kind"] == "train" else (32, 16))
+    train, evaluation = written["corners"]
+    assert {key: train[key] for key in ("kind", "backbone", "output_stride", "crop_size", "batch_size", "aux_loss",
+                                        "optimizer")} == {"kind": "train", "backbone": "resnet101", "output_stride": 16,
+                                                          "crop_size": 33, "batch_size": 2, "aux_loss": False,
+                                                          "optimizer": "sgd"}
+    assert (evaluation["kind"], evaluation["crop_size"], evaluation["batch_size"]) == ("eval", 32, 8)  # val images
+    for corner in (train, evaluation):
         assert corner["images_per_second"] > 0 and corner["peak_memory_bytes"] > 0 and corner["out_of_memory"] is None
-    assert corners["train", "resnet101"]["flops_per_image"] > corners["train", "resnet50"]["flops_per_image"] > 0
-    assert corners["train", "resnet101"]["parameters"] > corners["train", "resnet50"]["parameters"]
+        assert corner["parameters"] > 40_000_000  # ResNet-101 DeepLabV3
+    assert train["flops_per_image"] > 1e9 and evaluation["flops_per_image"] == 0
     assert "probe of cpu" in out and "(measured," in out
     assert run(main, argv[:2], prog="hpo.plan") == 0  # same corners: the file is reused as it is
     assert "(reused," in capsys.readouterr().out and json.loads(path.read_text()) == written
