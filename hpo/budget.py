@@ -34,10 +34,12 @@ from optuna.trial import TrialState
 
 from hpo.cost import CostModel, TrialPricer
 from hpo.estimate import Estimator, Plan
-from hpo.probe import matching_probe
+from hpo.probe import matching_probe, probe_path
 from hpo.space import train_overrides
 from hpo.spec import StudySpec
+from segtrain.engine import resolve_device
 from segtrain.errors import UserError
+from segtrain.profile import device_name
 from segtrain.fileio import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -58,12 +60,13 @@ class Cut:
     search_budget_hours: float  # what is left for the search once finalize is paid for (to 0.01 h, down)
 
 
-def fit_budget(estimator: Estimator, hours: float) -> Cut:
-    """The largest plan within `hours` (see the module's doc for the order); UserError if none is."""
+def fit_budget(estimator: Estimator, hours: float, trials: int | None = None) -> Cut:
+    """The largest plan within `hours`, starting from `trials` (default: [study] trials) and the
+    spec's [finalize] (see the module's doc for the order); UserError if none fits."""
     require_one_trial(estimator, hours)
     spec = estimator.spec
     search_epochs = spec.train_config().epochs
-    sizes = {"trials": spec.study.trials, "top_k": spec.finalize.top_k, "seeds": len(spec.finalize.seeds),
+    sizes = {"trials": trials or spec.study.trials, "top_k": spec.finalize.top_k, "seeds": len(spec.finalize.seeds),
              "epochs": spec.finalize.epochs}
     startup = spec.sampler.args.get("n_startup_trials", 10 if spec.sampler.type == "tpe" else 0)
     seeded = len(spec.seeded_trials())
@@ -245,6 +248,10 @@ def trial_pricer(spec: StudySpec, budget_hours: float | None) -> tuple[TrialPric
         if "other corners" in why_not:
             log.warning("%s: ignored; run python -m hpo.plan again to predict memory", why_not)
         return None, None
+    here = device_name(resolve_device(spec.train_config().device))
+    if probe.device != here:
+        log.warning("the probe in %s was made on %s, and this is %s: memory and cost are predicted for %s",
+                    probe_path(spec), probe.device, here, probe.device)
     estimator = Estimator(spec, CostModel(probe))
     if budget_hours is None:
         return estimator.pricer, None

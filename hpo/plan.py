@@ -9,7 +9,6 @@ the disk they need. With --budget-hours H it proposes the largest plan within H
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     estimator = estimate.Estimator(spec, CostModel(measured), workers=args.workers)
     unit = "GPU-hours" if measured.device_type == "cuda" else "CPU-hours"
     if args.budget_hours is not None:
-        cut = budget.fit_budget(estimator, args.budget_hours)  # bad input before anything is printed
+        cut = budget.fit_budget(estimator, args.budget_hours, args.trials)  # bad input before any output
     print(f"probe of {measured.device} ({how}, {probe.probe_path(spec)}): {len(measured.corners)} corners, "
           f"{measured.settings.get('steps')} timed steps each, {measured.settings.get('amp') or 'no'} AMP, "
           f"torch {measured.torch}")

@@ -1,17 +1,18 @@
 """The probe: a study's cost corners, measured on this machine, kept in <output dir>/probe.json.
 
 A corner is a configuration at an extreme of what the study can train: the smallest
-and largest crop and batch of the space x every output stride x every backbone (the space's, and ResNet-101 for finalize), plus
-the baseline as it is, plus one evaluation corner per backbone and stride. Each
-is measured with segtrain.profile (a warm-up step, whose FLOPs are counted, then `steps`
-timed ones, with the spec's device, AMP and channels_last as the engine trains;
-evaluation corners time a third as many batches). Grid corners are trained
-with the costliest auxiliary-head and optimizer choice the space allows (aux head on,
-AdamW's two moment buffers), so what the cost model predicts from them is an upper
-bound for the other choices; the baseline corner is measured as it is.
+and largest crop and batch of the space x every output stride x every backbone (the
+space's, and ResNet-101 for finalize), plus the baseline as it is, plus one evaluation
+corner per backbone and stride. Each is measured with segtrain.profile (a warm-up
+step, whose FLOPs are counted, then `steps` timed ones, with the spec's device, AMP and
+channels_last as the engine trains; evaluation corners time a third as many batches).
+Grid corners are trained with the costliest auxiliary-head and optimizer choice the
+space allows (aux head on, AdamW's two moment buffers), so what the cost model predicts
+from them is an upper bound for the other choices; the baseline corner is measured as
+it is.
 
-The file is reused while the spec's cost-relevant settings (the corners, the device
-setting, the step counts) stay the same; `hpo.plan --reprobe` measures again.
+The file is reused while the spec's corners and device setting stay the same
+(`settings_key`); `hpo.plan --reprobe` measures again.
 """
 
 from __future__ import annotations

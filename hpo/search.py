@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from optuna_dashboard import save_note
 from tqdm import tqdm
 
-from hpo.budget import DEVICE_SECONDS, SearchBudget, spent_seconds, trial_pricer
+from hpo.budget import DEVICE_SECONDS, spent_seconds, trial_pricer
 from hpo.objective import (FITS_MEMORY, BudgetExhausted, Objective, TrialOutOfMemory, feasible,
                            keep_best_checkpoints)
 from hpo.space import enqueue_seeded

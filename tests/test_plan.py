@@ -8,7 +8,6 @@ itself is measured once, on a tiny spec, with one step per corner.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
