@@ -11,6 +11,10 @@ space allows (aux head on, AdamW's two moment buffers), so what the cost model p
 from them is an upper bound for the other choices; the baseline corner is measured as
 it is.
 
+On a CPU, where running out of memory kills the process instead of raising an
+error, a training corner that the smaller corners of its group predict (scaled by
+batch x pixels) to exceed the memory limit is not run, and is recorded as not fitting.
+
 The file is reused while the spec's corners and device setting stay the same
 (`settings_key`); `hpo.plan --reprobe` measures again.
 """
@@ -176,7 +180,11 @@ def measure(spec: StudySpec, steps: int = DEFAULT_STEPS, memory_limit_bytes: int
     todo = corner_configs(spec)
     for corner in tqdm(todo, unit="corner", desc="probe", disable=None, dynamic_ncols=True):
         cfg = base.replace(**{field: getattr(corner, field) for field in COST_FIELDS})
-        if corner.kind == "train":
+        expected = _expected_cpu_peak(corner, measured) if device.type == "cpu" else None
+        if expected is not None and expected > available:  # on a CPU, running out of memory kills the process
+            found = profile.Throughput(None, None, f"not run on the CPU: the smaller corners predict "
+                                                   f"~{expected / 2 ** 30:.1f} GiB of {available / 2 ** 30:.1f}")
+        elif corner.kind == "train":
             found = profile.measure_training(cfg, steps, device, cache)
         else:
             found = profile.measure_evaluation(cfg.replace(eval_batch_size=corner.batch_size), corner.crop_size,
@@ -192,6 +200,20 @@ def measure(spec: StudySpec, steps: int = DEFAULT_STEPS, memory_limit_bytes: int
                   "amp": str(amp).removeprefix("torch.") if amp else None, "channels_last": True,
                   "threads": torch.get_num_threads()},
                  tuple(measured))
+
+
+def _expected_cpu_peak(corner: Corner, measured: Sequence[Corner]) -> float | None:
+    """A training corner's peak, scaled from the largest measured corner of its backbone and stride by
+    batch x pixels (an over-estimate: the model's own memory does not grow); None before any."""
+    if corner.kind != "train":
+        return None
+    group = [c for c in measured if c.kind == "train" and c.fits and
+             (c.backbone, c.output_stride) == (corner.backbone, corner.output_stride)]
+    if not group:
+        return None
+    largest = max(group, key=lambda c: c.batch_size * c.crop_size ** 2)
+    return largest.peak_memory_bytes * corner.batch_size * corner.crop_size ** 2 / \
+        (largest.batch_size * largest.crop_size ** 2)
 
 
 def save(probe: Probe, path: Path) -> Path:

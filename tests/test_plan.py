@@ -122,31 +122,34 @@ def test_an_unreadable_probe_file_is_one_line_and_left_as_it_is(workdir, capsys)
 
 
 def test_the_probe_measures_every_corner_and_is_reused(workdir, capsys):
-    """One step per corner of a tiny ResNet-101 study (whose finalize also trains ResNet-101): one training
-    corner, which is the baseline's too, and one evaluation corner."""
+    """One step per corner of a tiny ResNet-101 study (finalize trains ResNet-101 too) at batch 2 and 4,
+    told that the machine has 10 MiB: the batch-2 corner (the baseline's too) runs, and the batch-4 one,
+    which it predicts to need more, is not run, as running out of memory on a CPU kills the process."""
     torch.set_num_threads(1)
-    spec_path = write_spec(workdir, "tiny", workdir / "cache",
-                           train=CHEAP_TRAIN + 'batch_size = 2\nbackbone = "resnet101"\n',
-                           space='lr = {type = "float", low = 1e-3, high = 1e-1, log = true}',
-                           baseline="lr = 0.02", pruner='type = "none"')
-    argv = ["--study", str(spec_path), "--probe-steps", "1", "--memory-limit-gb", "64"]
+    spec_path = write_spec(workdir, "tiny", workdir / "cache", train=CHEAP_TRAIN + 'backbone = "resnet101"\n',
+                           space='lr = {type = "float", low = 1e-3, high = 1e-1, log = true}\n'
+                                 'batch_size = {type = "categorical", choices = [2, 4]}',
+                           baseline="lr = 0.02\nbatch_size = 2", pruner='type = "none"')
+    argv = ["--study", str(spec_path), "--probe-steps", "1", "--memory-limit-gb", str(10 / 1024)]
     assert run(main, argv, prog="hpo.plan") == 0
     out = capsys.readouterr().out
     path = workdir / "runs" / "tiny" / probe.PROBE_FILE
     written = json.loads(path.read_text())
     assert written["schema"] == 1 and written["device"].startswith("cpu") and written["torch"] == torch.__version__
-    assert (written["memory_limit_bytes"], written["memory_limit_source"]) == (64 * 2 ** 30, "--memory-limit-gb")
+    assert (written["memory_limit_bytes"], written["memory_limit_source"]) == (10 * 2 ** 20, "--memory-limit-gb")
     assert written["settings"]["steps"] == 1 and written["settings"]["key"] == probe.settings_key(load_spec(spec_path))
-    train, evaluation = written["corners"]
-    assert {key: train[key] for key in ("kind", "backbone", "output_stride", "crop_size", "batch_size", "aux_loss",
+    small, large, evaluation = written["corners"]
+    assert {key: small[key] for key in ("kind", "backbone", "output_stride", "crop_size", "batch_size", "aux_loss",
                                         "optimizer")} == {"kind": "train", "backbone": "resnet101", "output_stride": 16,
                                                           "crop_size": 33, "batch_size": 2, "aux_loss": False,
                                                           "optimizer": "sgd"}
     assert (evaluation["kind"], evaluation["crop_size"], evaluation["batch_size"]) == ("eval", 32, 8)  # val images
-    for corner in (train, evaluation):
+    for corner in (small, evaluation):
         assert corner["images_per_second"] > 0 and corner["peak_memory_bytes"] > 0 and corner["out_of_memory"] is None
         assert corner["parameters"] > 40_000_000  # ResNet-101 DeepLabV3
-    assert train["flops_per_image"] > 1e9 and evaluation["flops_per_image"] == 0
-    assert "probe of cpu" in out and "(measured," in out
+    assert small["flops_per_image"] > 1e9 and evaluation["flops_per_image"] == 0
+    assert large["batch_size"] == 4 and large["images_per_second"] is None
+    assert large["out_of_memory"].startswith("not run on the CPU: the smaller corners predict ~")
+    assert "probe of cpu" in out and "(measured," in out and "100% of the space predicted not to fit" in out
     assert run(main, argv[:2], prog="hpo.plan") == 0  # same corners: the file is reused as it is
     assert "(reused," in capsys.readouterr().out and json.loads(path.read_text()) == written
