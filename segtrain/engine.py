@@ -91,7 +91,7 @@ class TrainResult:
     steps: int
     seconds: float  # wall time, training and evaluation
     images_per_second: float  # training throughput
-    peak_memory_bytes: int  # this run's: CUDA, peak allocated; CPU, peak resident set (segtrain.memory)
+    peak_memory_bytes: int  # this run's: CUDA, the allocator's peak reserved; CPU, peak resident set (segtrain.memory)
     parameters: int
     branch_steps: int = 0  # steps trained in decay branches (wsd), besides `steps`
 
@@ -160,6 +160,13 @@ def changed_fields(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     return sorted(k for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS and saved[k] != v)
 
 
+def amp_dtype_for(device: torch.device) -> torch.dtype | None:
+    """Mixed precision on CUDA: bfloat16 where the GPU has it, else float16 (with a GradScaler)."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def train(cfg: TrainConfig, on_eval: Callable[[EvalResult], None] | None = None,
           run_dir: str | Path | None = None, resume: bool = False,
           save_checkpoints: bool = True) -> TrainResult:
@@ -207,8 +214,7 @@ class _Run:
         self.val_set = VOCSegmentation(voc_dir, cfg.val_split, eval_transform())
         self.budget = Budget.plan(cfg, len(self.train_set), group.world_size)
         self.cuda = device.type == "cuda"
-        self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) \
-            if self.cuda else None
+        self.amp_dtype = amp_dtype_for(device)
         _seed_everything(cfg.seed)  # right before the first random draw: the model's init
         with main_process_first(group):  # rank 0 alone downloads ImageNet weights into the cache
             model = build_model(cfg.backbone, cfg.output_stride, NUM_CLASSES, cfg.pretrained, cfg.aux_loss)
@@ -426,7 +432,7 @@ class _Run:
             "train_seconds": self.train_seconds, "elapsed_seconds": self.elapsed(),
             **self.training_state(),
         }
-        write_atomic(self.run_dir / CHECKPOINT, lambda file: torch.save(state, file))
+        write_atomic(self.run_dir / CHECKPOINT, lambda file: torch.save(state, file), size_hint=_tensor_bytes(state))
 
     def restore(self) -> None:
         path = self.run_dir / CHECKPOINT
@@ -482,6 +488,17 @@ def unwrap_worker_errors(loader: DataLoader) -> Iterator[Any]:
         if not last_line_start:  # raised in this process: already the message itself
             raise
         raise kind(message.strip()) from None
+
+
+def _tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in a (nested) state: about what torch.save writes."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_tensor_bytes(item) for item in value)
+    return 0
 
 
 def _seed_everything(seed: int) -> None:
