@@ -5,9 +5,10 @@ the crop's pixels (time ~ crop^a, a ~ 2 once fixed per-layer costs are amortised
 with output stride 8 (layer3 and layer4 at twice the resolution) and with
 ResNet-101 (17 more blocks in layer3). For each configuration this
 
-- times bare training steps (forward, loss, backward, SGD step: `train_loop.py`
-  shows what the loop adds) in a forked process of its own, so that its peak
-  resident memory is its own too;
+- times the engine's training steps with segtrain.profile, as hpo.plan's probe
+  does (forward, loss, backward, SGD step: `train_loop.py` shows that the loop
+  around them adds nothing measurable), in a forked process of its own, so that its
+  peak resident memory is its own too;
 - counts the training FLOPs per image (forward + backward, on the meta device:
   no compute), which do not depend on the machine;
 
@@ -21,71 +22,58 @@ from __future__ import annotations
 
 import math
 import resource
-import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from common import in_fork, machine, median, parse_args, print_table, result
 
 BATCH = 2  # the smallest batch BatchNorm allows: crop 321 at stride 8 with ResNet-101 fits a small CPU box
-VOC_R50_CROPS = (321, 417, 513)  # studies/voc_r50.toml's crop choices; its baseline is 513 at OS 16
 BASELINE = ("resnet50", 16, 513)
 
 
 @dataclass(frozen=True)
 class Measurement:
-    seconds_per_image: float  # median over the timed steps
+    seconds_per_image: float  # mean over the timed steps
     peak_rss_bytes: int  # peak resident set of the process that trained it
     added_rss_bytes: int  # that peak minus the resident set before the model was built
 
 
-def measure(backbone: str, output_stride: int, crop: int, steps: int) -> Measurement:
-    """Build, one warm-up step, then `steps` timed steps. Run it in a fresh child process."""
-    import torch
-    from torch import nn
-
+def train_config(backbone: str, output_stride: int, crop: int):
     from segtrain.config import TrainConfig
-    from segtrain.data.labels import IGNORE_INDEX, NUM_CLASSES
-    from segtrain.model import build_model
-    from segtrain.optim import build_optimizer
+
+    return TrainConfig(backbone=backbone, output_stride=output_stride, crop_size=crop, batch_size=BATCH,
+                       pretrained=None, device="cpu")
+
+
+def measure(backbone: str, output_stride: int, crop: int, steps: int) -> Measurement:
+    """The engine's training step, timed by segtrain.profile (the probe's own measurement: one
+    warm-up step, then `steps` timed ones). Run it in a fresh child process."""
+    import tempfile
+
+    import torch
+
+    from segtrain import profile
 
     rss_before = _current_rss_bytes()
-    cfg = TrainConfig(backbone=backbone, output_stride=output_stride, crop_size=crop, batch_size=BATCH,
-                      pretrained=None, device="cpu")
-    torch.manual_seed(0)
-    model = build_model(backbone, output_stride, NUM_CLASSES, None).to(memory_format=torch.channels_last)
-    model.train()
-    optimizer = build_optimizer(model, cfg)  # the engine's: SGD with momentum, its parameter groups
-    criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
-    images = torch.randn(BATCH, 3, crop, crop).contiguous(memory_format=torch.channels_last)
-    masks = torch.randint(0, NUM_CLASSES, (BATCH, crop, crop))
-    seconds = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        loss = criterion(model(images)["out"], masks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        seconds.append(time.perf_counter() - start)
+    with tempfile.TemporaryDirectory() as cache:  # the two-image set profile builds the run on
+        found = profile.measure_training(train_config(backbone, output_stride, crop), steps, torch.device("cpu"), cache)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    return Measurement(median(seconds[1:]) / BATCH, peak, peak - rss_before)
+    return Measurement(1 / found.images_per_second, peak, peak - rss_before)
 
 
 def training_flops(backbone: str, output_stride: int, crop: int) -> float:
     """FLOPs of one training image (forward + backward), counted on the meta device."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    from segtrain import profile
 
-    from segtrain.data.labels import NUM_CLASSES
-    from segtrain.model import build_model
+    return profile.training_flops(train_config(backbone, output_stride, crop))
 
-    with torch.device("meta"):
-        model = build_model(backbone, output_stride, NUM_CLASSES, None)
-        images = torch.empty(BATCH, 3, crop, crop)
-        masks = torch.zeros(BATCH, crop, crop, dtype=torch.long)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        torch.nn.functional.cross_entropy(model(images)["out"], masks).backward()
-    return counter.get_total_flops() / BATCH
+
+def voc_r50_crops() -> tuple[int, ...]:
+    """studies/voc_r50.toml's crop choices (its baseline is 513 at OS 16)."""
+    from hpo.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "studies" / "voc_r50.toml")
+    return tuple(sorted(choice for param in spec.space if param.field == "crop_size" for choice in param.choices))
 
 
 def _current_rss_bytes() -> int:
@@ -121,7 +109,7 @@ def main() -> None:
                 [(*config, 1 / m.seconds_per_image, 1000 * m.seconds_per_image, flops[config] / 1e9,
                   flops[config] / 1e9 / m.seconds_per_image, m.peak_rss_bytes / 2 ** 20, m.added_rss_bytes / 2 ** 20)
                  for config, m in found.items()],
-                title="training cost per image (bare step, CPU; FLOPs forward + backward)")
+                title="training cost per image (the engine's step, CPU; FLOPs forward + backward)")
 
     # Small crops leave the CPU's cores underused (see GFLOP/s), which flattens the curve; the
     # two largest crops are where throughput has levelled off, as on a GPU at crops of 321-513.
@@ -150,16 +138,17 @@ def main() -> None:
     print_table(["cost factor", f"CPU time, crop {top}", f"FLOPs, crop {top}", "FLOPs, crop 513"], factors,
                 title="cost factors")
 
-    # studies/voc_r50.toml: crop in (321, 417, 513) and stride in (8, 16), each drawn evenly (random
-    # sampling; TPE drifts to whatever wins), relative to its baseline trial (crop 513, OS 16)
+    # studies/voc_r50.toml: its crops and strides (8, 16), each drawn evenly (random sampling; TPE
+    # drifts to whatever wins), relative to its baseline trial (crop 513, OS 16)
+    voc_crops = voc_r50_crops()
     os8_time = found["resnet50", 8, top].seconds_per_image / found["resnet50", 16, top].seconds_per_image
-    crop_factor = sum((c / 513) ** a for c in VOC_R50_CROPS) / len(VOC_R50_CROPS)
+    crop_factor = sum((c / 513) ** a for c in voc_crops) / len(voc_crops)
     by_time = crop_factor * (1 + os8_time) / 2
-    space = [("resnet50", s, c) for s in (8, 16) for c in VOC_R50_CROPS]
+    space = [("resnet50", s, c) for s in (8, 16) for c in voc_crops]
     for config in space:
         gpu_flops.setdefault(config, training_flops(*config))
     by_flops = sum(gpu_flops[config] for config in space) / len(space) / gpu_flops[BASELINE]
-    print(f"\nstudies/voc_r50.toml, crops {VOC_R50_CROPS} x strides (8, 16) drawn evenly, the average trial "
+    print(f"\nstudies/voc_r50.toml, crops {voc_crops} x strides (8, 16) drawn evenly, the average trial "
           f"costs, relative to the baseline trial (crop 513, OS 16):\n"
           f"  by CPU time: {crop_factor:.2f} (crops, a = {a:.2f}) x {(1 + os8_time) / 2:.2f} "
           f"(strides, OS 8 = {os8_time:.2f}x) = {by_time:.2f}\n"

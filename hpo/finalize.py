@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from hpo import report
 from hpo.results import RESULT, Configuration, FinalRun, read_result
-from hpo.search import load_with_overrides, open_existing_study
+from hpo.search import add_output_dir_argument, load_with_overrides, open_existing_study
 from hpo.selection import plan
 from hpo.spec import FinalizeOptions, StudySpec
 from segtrain.cli import ArgumentParser, run
@@ -113,7 +113,8 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m hpo.finalize", description=__doc__.splitlines()[0])
     parser.add_argument("--study", type=Path, default=DEFAULT_STUDY, help=f"study spec (default: {DEFAULT_STUDY})")
     parser.add_argument("--storage", help="Optuna storage URL (default: [study] storage, or "
-                                          "sqlite:///runs/<name>/study.db)")
+                                          "sqlite:///<output dir>/study.db)")
+    add_output_dir_argument(parser)
     parser.add_argument("--top-k", type=int, help="retrain the best K distinct configurations "
                                                   "(default: [finalize] top_k)")
     parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",

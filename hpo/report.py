@@ -264,7 +264,8 @@ def report_markdown(spec: StudySpec, study: optuna.Study, options: FinalizeOptio
         "stride it trained with, no flip) as mean ± sample standard deviation over the finished seeds, and the "
         "95% t-interval of that mean. A seed that failed (diverged, out of memory, weights unavailable) is listed "
         "with its reason and left out of the mean, never dropped silently. Peak memory is each run's own (CUDA: "
-        "peak allocated; CPU: peak resident set since the run started, what the process already held included).",
+        "the most the allocator reserved; CPU: peak resident set since the run started, what the process already "
+        "held included).",
         "",
         "## Final table", "", tables.final_table(summaries), "",
     ]

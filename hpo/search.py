@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -22,15 +23,17 @@ from optuna.trial import TrialState
 from optuna_dashboard import save_note
 from tqdm import tqdm
 
-from hpo.objective import Objective, TrialOutOfMemory, feasible, keep_best_checkpoints
-from hpo.space import enqueue_baseline
+from hpo.budget import DEVICE_SECONDS, spent_seconds, trial_pricer
+from hpo.objective import (FITS_MEMORY, BudgetExhausted, Objective, TrialOutOfMemory, feasible,
+                           keep_best_checkpoints)
+from hpo.space import enqueue_seeded
 from hpo.spec import StudySpec, load_spec
 from hpo.storage import (WORKER_ATTR, StudyLock, dashboard_command, fail_dead_trials, local_path,
                          open_storage, retry_callback, safe_url, worker_id)
 from hpo.workers import WORKER_ENV, run_workers
 from segtrain.cli import ArgumentParser, run
 from segtrain.data import require_splits
-from segtrain.errors import UserError
+from segtrain.errors import DiskFull, UserError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ DEFAULT_STUDY = Path("studies/voc_r50.toml")
 SEED_STRIDE = 1_000_003  # keeps the sampler seeds of parallel workers apart
 # TrainConfig fields that say where the data comes from (and synthetic*)
 DATA_FIELDS = ("data_root", "train_split", "val_split")
+SEEDED_LABELS = ("baseline", "recipe", "source")  # user attrs that a queued copy of a seeded trial keeps
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,8 @@ class Counts:
     pruned: int
     failed: int
     running: int
-    diverged: int
+    diverged: int  # complete, with a NaN loss
+    too_big: int  # complete, predicted not to fit the device: never trained
 
     @property
     def finished(self) -> int:
@@ -59,9 +64,11 @@ class Counts:
         def count(state: TrialState) -> int:
             return sum(t.state == state for t in trials)
 
+        def violated(constraint: str) -> int:
+            return sum(t.state == TrialState.COMPLETE and t.constraints.get(constraint, 0) > 0 for t in trials)
+
         return cls(count(TrialState.COMPLETE), count(TrialState.PRUNED), count(TrialState.FAIL),
-                   count(TrialState.RUNNING),
-                   sum(t.state == TrialState.COMPLETE and not feasible(t) for t in trials))
+                   count(TrialState.RUNNING), violated("finite_loss"), violated(FITS_MEMORY))
 
 
 def open_study(spec: StudySpec, worker: int = 0) -> optuna.Study:
@@ -108,7 +115,7 @@ def prepare(spec: StudySpec) -> optuna.Study:
         study = open_study(spec, int(os.environ.get(WORKER_ENV, "0")))
         if not study.trials:  # a new study; later, finalize adds its results to the note
             save_note(study, spec.to_markdown())
-        enqueue_baseline(study, spec.baseline)
+        enqueue_seeded(study, spec.space, spec.seeded_trials())
     return study
 
 
@@ -121,51 +128,97 @@ def require_data(spec: StudySpec) -> None:
         require_splits(spec.train_config())
 
 
-def run_search(spec: StudySpec, trials: int, timeout: float | None = None) -> optuna.Study:
-    """Run trials until the study holds `trials` finished ones (or `timeout` seconds passed)."""
+class QuietReportedFailures(logging.Filter):
+    """Drops Optuna's "Trial N failed ..." warnings (and their tracebacks) for the trials whose end the
+    search reports in its own words: Ctrl-C, out of memory, budget, full disk."""
+
+    def __init__(self, reported: set[int]):
+        super().__init__()
+        self.reported = reported
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = re.match(r"Trial (\d+) failed", record.getMessage())
+        return not (found and int(found.group(1)) in self.reported)
+
+
+def run_search(spec: StudySpec, trials: int, timeout: float | None = None,
+               budget_hours: float | None = None) -> optuna.Study:
+    """Run trials until the study holds `trials` finished ones (or `timeout` seconds passed, or the
+    budget, all workers together, cannot pay for the next trial)."""
+    pricer, budget = trial_pricer(spec, budget_hours)  # before the study is touched: bad input leaves it be
     study = prepare(spec)
     output_dir = spec.study.output_dir
     lock = StudyLock(spec.study.storage, spec.study.name)
-    objective = Objective(spec, output_dir / "trials")
+    objective = Objective(spec, output_dir / "trials", pricer, budget.hours * 3600 if budget else None,
+                          admitted=lock.release)  # others may count this trial and its price now
     worker = worker_id()
 
     def start_trial(trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, worker)  # before others see the trial: a retry's is its dead worker's
-        lock.release()  # Optuna has created this trial: others may count it now
         return objective(trial)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         log.info("%s", describe(trial))
         keep_best_checkpoints(study, output_dir / "trials", spec.study.keep_checkpoints)
 
+    quiet = QuietReportedFailures(objective.reported)
+    optuna_log = logging.getLogger("optuna.study._optimize")  # where Optuna warns that a trial failed
+    optuna_log.addFilter(quiet)
     started = time.monotonic()
-    with tqdm(total=trials, initial=min(trials, Counts.of(study).finished), unit="trial",
-              desc=f"study {spec.study.name}", disable=None, dynamic_ncols=True) as bar:
-        while timeout is None or time.monotonic() - started < timeout:
-            lock.acquire()
-            try:
-                fail_dead_trials(study, spec.study.storage)
-                counts = Counts.of(study)
-                if counts.finished >= trials:
+    try:
+        with tqdm(total=trials, initial=min(trials, Counts.of(study).finished), unit="trial",
+                  desc=f"study {spec.study.name}", disable=None, dynamic_ncols=True) as bar:
+            while timeout is None or time.monotonic() - started < timeout:
+                lock.acquire()
+                try:
+                    fail_dead_trials(study, spec.study.storage)
+                    counts = Counts.of(study)
+                    if counts.finished >= trials:
+                        break
+                    if counts.finished + counts.running >= trials:
+                        lock.release()  # the last trials run elsewhere; one may yet fail
+                        time.sleep(min(5, spec.study.heartbeat_interval))
+                        continue
+                    if budget is not None and (reason := budget.stop_reason(study, spec)):
+                        log.warning("%s", reason)
+                        break
+                    study.optimize(start_trial, n_trials=1, catch=(TrialOutOfMemory,), callbacks=[after_trial])
+                except BudgetExhausted as error:
+                    requeue_unstarted(study, objective.refused)
+                    log.warning("%s; it is queued: rerun with a larger --budget-hours to go on (%.2f h spent)",
+                                error, spent_seconds(study) / 3600)
                     break
-                if counts.finished + counts.running >= trials:
-                    lock.release()  # the last trials run elsewhere; one may yet fail
-                    time.sleep(min(5, spec.study.heartbeat_interval))
-                    continue
-                study.optimize(start_trial, n_trials=1, catch=(TrialOutOfMemory,), callbacks=[after_trial])
-            except KeyboardInterrupt:
-                if objective.interrupted is not None:
+                except DiskFull as error:
                     requeue(study, objective.interrupted)
-                raise
-            finally:
-                lock.release()
-            bar.update(min(trials, Counts.of(study).finished) - bar.n)
+                    raise UserError(f"{error}; trial {objective.interrupted} is queued to resume from its last "
+                                    f"checkpoint") from None
+                except KeyboardInterrupt:
+                    if objective.interrupted is not None:
+                        requeue(study, objective.interrupted)
+                        print(f"interrupted: trial {objective.interrupted} is marked failed and queued to run "
+                              f"again from its last checkpoint; rerun the same command to resume", file=sys.stderr)
+                    else:
+                        print("interrupted: no trial was running; rerun the same command to resume",
+                              file=sys.stderr)
+                    raise
+                finally:
+                    lock.release()
+                bar.update(min(trials, Counts.of(study).finished) - bar.n)
+    finally:
+        optuna_log.removeFilter(quiet)
     return study
 
 
 def requeue(study: optuna.Study, number: int) -> None:
-    """Queue a copy of a trial Ctrl-C failed, so the next run resumes it from its checkpoint."""
+    """Queue a copy of a trial Ctrl-C or a full disk failed, so the next run resumes it from its checkpoint."""
     retry_callback()(study, next(t for t in study.get_trials(deepcopy=False) if t.number == number))
+
+
+def requeue_unstarted(study: optuna.Study, number: int) -> None:
+    """Queue again a trial refused before it trained (the budget): same params and labels, next in line."""
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    study.enqueue_trial(dict(trial.params), user_attrs={k: v for k, v in trial.user_attrs.items()
+                                                        if k in SEEDED_LABELS})
 
 
 def describe(trial: optuna.trial.FrozenTrial) -> str:
@@ -180,19 +233,25 @@ def describe(trial: optuna.trial.FrozenTrial) -> str:
     return f"trial {trial.number}: {outcome}  ({params})"
 
 
-def summary(spec: StudySpec, study: optuna.Study) -> str:
-    return "\n".join([*summary_lines(study), f"dashboard: {dashboard_command(spec.study.storage)}"])
+def summary(spec: StudySpec, study: optuna.Study, budget_hours: float | None = None) -> str:
+    return "\n".join([*summary_lines(study, budget_hours), f"dashboard: {dashboard_command(spec.study.storage)}"])
 
 
-def summary_lines(study: optuna.Study) -> list[str]:
-    """What the study holds: trial counts, compute, the best trial and the baseline."""
+def summary_lines(study: optuna.Study, budget_hours: float | None = None) -> list[str]:
+    """What the study holds: trial counts, compute spent (and left of a budget), the best trial and
+    the baseline."""
     counts = Counts.of(study)
     trials = study.get_trials(deepcopy=False)
-    seconds = sum(t.user_attrs.get("seconds", 0.0) for t in trials)
+    seconds = spent_seconds(study)
     epochs = sum(t.user_attrs.get("epochs", 0.0) for t in trials)
-    lines = [f"study {study.study_name}: {counts.complete} complete ({counts.diverged} diverged), "
+    devices = {str(t.user_attrs.get("device", "")).startswith("cpu") for t in trials if DEVICE_SECONDS in t.user_attrs}
+    unit = {frozenset({True}): "CPU-hours", frozenset({False}): "GPU-hours"}.get(frozenset(devices), "device-hours")
+    too_big = f", {counts.too_big} predicted not to fit" if counts.too_big else ""
+    lines = [f"study {study.study_name}: {counts.complete} complete ({counts.diverged} diverged{too_big}), "
              f"{counts.pruned} pruned, {counts.failed} failed",
-             f"compute: {seconds / 3600:.2f} trial-hours ({seconds:.0f} s), {epochs:.1f} epochs trained"]
+             f"compute: {seconds / 3600:.2f} {unit} ({seconds:.0f} device-seconds), {epochs:.1f} epochs trained"
+             + (f"; budget {budget_hours:g} h, {max(0.0, budget_hours - seconds / 3600):.2f} h left"
+                if budget_hours is not None else "")]
     try:
         best = study.best_trial
     except ValueError:
@@ -215,7 +274,7 @@ def require_writable(directory: Path) -> Path:
         probe.unlink()
     except OSError as error:
         raise UserError(f"{directory}: cannot write outputs there ({error.strerror}); "
-                        f"run from a writable directory or change [study] name") from None
+                        f"choose another with --output-dir or [study] output_dir") from None
     return directory
 
 
@@ -233,24 +292,32 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
-    return value
+def positive_number(unit: str):
+    """An argparse type: a number of `unit` > 0."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = 0.0
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a number of {unit} > 0, got {text!r}")
+        return value
+    return parse
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m hpo.search", description=__doc__.splitlines()[0])
     parser.add_argument("--study", type=Path, default=DEFAULT_STUDY, help=f"study spec (default: {DEFAULT_STUDY})")
-    parser.add_argument("--trials", type=positive_int, default=40,
-                        help="finished (complete + pruned) trials the study should hold (default: 40)")
+    parser.add_argument("--trials", type=positive_int,
+                        help="finished (complete + pruned) trials the study should hold (default: [study] trials, "
+                             "else 40)")
     parser.add_argument("--storage", help="Optuna storage URL (default: [study] storage, or "
-                                          "sqlite:///runs/<name>/study.db)")
-    parser.add_argument("--timeout", type=positive_float, help="start no new trial after this many seconds")
+                                          "sqlite:///<output dir>/study.db)")
+    add_output_dir_argument(parser)
+    parser.add_argument("--timeout", type=positive_number("seconds"), help="start no new trial after this many seconds")
+    parser.add_argument("--budget-hours", type=positive_number("hours"), metavar="H",
+                        help="start no trial whose predicted cost exceeds what is left of H device-hours, all "
+                             "workers together (default: [study] budget_hours); needs the probe of hpo.plan")
     parser.add_argument("--data-root", help="VOC root (overrides [train] data_root and $VOC_ROOT)")
     parser.add_argument("--workers", type=positive_int,
                         help="run this many worker processes on the study, one GPU each if there are GPUs")
@@ -261,16 +328,27 @@ def build_parser() -> ArgumentParser:
 def worker_argv(args: argparse.Namespace) -> list[str]:
     """The arguments of each worker --workers starts: the parent's, less --workers and the summary."""
     options = {"--study": args.study, "--trials": args.trials, "--storage": args.storage,
-               "--timeout": args.timeout, "--data-root": args.data_root}
+               "--output-dir": args.output_dir, "--timeout": args.timeout, "--budget-hours": args.budget_hours,
+               "--data-root": args.data_root}
     return [*(part for flag, value in options.items() if value is not None for part in (flag, str(value))),
             "--no-summary"]
 
 
+def add_output_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output-dir", type=Path, metavar="DIR",
+                        help="where trials/, final/, probe.json and the default study.db go (default: [study] "
+                             "output_dir, else runs/<name>); with several machines, shared storage, so that a "
+                             "retry finds its dead trial's checkpoint")
+
+
 def load_with_overrides(args: argparse.Namespace) -> StudySpec:
+    """The spec, with the CLI's --data-root, --output-dir and --storage (any it has) applied."""
     spec = load_spec(args.study)
-    if args.data_root:
+    if getattr(args, "data_root", None):
         spec = spec.with_train(data_root=args.data_root)
-    if args.storage:
+    if getattr(args, "output_dir", None):
+        spec = spec.with_output_dir(args.output_dir)
+    if getattr(args, "storage", None):
         spec = spec.with_storage(args.storage)
     return spec
 
@@ -280,24 +358,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours,
     logging.getLogger("segtrain.engine").setLevel(logging.WARNING)  # not one per evaluation
     spec = load_with_overrides(args)
-    try:
-        if args.workers:
-            return run_pool(spec, args)
-        study = run_search(spec, args.trials, args.timeout)
-    except KeyboardInterrupt:
-        print("interrupted: the running trial is marked failed and queued to resume on the next run",
-              file=sys.stderr)
-        raise
+    budget_hours = args.budget_hours or spec.study.budget_hours
+    if args.workers:
+        try:
+            return run_pool(spec, args, budget_hours)
+        except KeyboardInterrupt:
+            print("interrupted: each worker's running trial is marked failed and queued to run again from its "
+                  "last checkpoint; rerun the same command to resume", file=sys.stderr)
+            raise
+    study = run_search(spec, args.trials or spec.study.trials, args.timeout, budget_hours)
     if not args.no_summary:
-        print(summary(spec, study))
+        print(summary(spec, study, budget_hours))
     return 0
 
 
-def run_pool(spec: StudySpec, args: argparse.Namespace) -> int:
+def run_pool(spec: StudySpec, args: argparse.Namespace, budget_hours: float | None) -> int:
     """--workers N: check the input and open the study once, run the workers, then summarise."""
+    trial_pricer(spec, budget_hours)  # a budget without a probe is bad input before anything starts
     study = prepare(spec)
     codes = run_workers(worker_argv(args), args.workers)
-    print(summary(spec, study))
+    print(summary(spec, study, budget_hours))
     failed = [(index, code) for index, code in enumerate(codes) if code]
     if failed:
         print(f"hpo.search: error: {', '.join(f'worker {i} exited with code {c}' for i, c in failed)}; "

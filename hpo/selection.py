@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.objective import feasible
 from hpo.results import Configuration
+from hpo.space import train_overrides
 from hpo.spec import FinalizeOptions, ScratchRecipe, StudySpec
 from hpo.storage import safe_url
 from segtrain.config import TrainConfig
@@ -55,7 +56,7 @@ class _Entry:
     description: str
     role: str
     trial: FrozenTrial | None
-    params: dict[str, Any]  # the trial's (or baseline's) params
+    params: dict[str, Any]  # the trial's (or baseline's) TrainConfig overrides
     changes: dict[str, Any] = dataclasses.field(default_factory=dict)  # applied after the full budget
     factor: tuple[str, Any] | None = None
 
@@ -76,19 +77,20 @@ def plan(spec: StudySpec, study: optuna.Study, options: FinalizeOptions) -> list
     full = {"epochs": options.epochs, "seed": 0, "train_split": options.train_split, "val_split": options.val_split,
             "schedule": options.schedule}
     best = ranked[0]
-    best_config = spec.train_config({**best.params, **full})
-    entries = [_Entry(f"top-{rank}", f"trial {trial.number}", "top", trial, dict(trial.params))
+    best_params = train_overrides(spec.space, best.params)
+    best_config = spec.train_config({**best_params, **full})
+    entries = [_Entry(f"top-{rank}", f"trial {trial.number}", "top", trial, train_overrides(spec.space, trial.params))
                for rank, trial in enumerate(ranked[:options.top_k], start=1)]
     if spec.baseline:
         trial = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")), None)
         entries.append(_Entry("baseline", "the [baseline] recipe", "baseline", trial, dict(spec.baseline)))
     for field, values in options.ablation.items():
         entries += [_Entry(f"ablation {field}={value}", f"trial {best.number}'s recipe with {field} = {value}",
-                           "ablation", best, dict(best.params), {field: value}, (field, value))
+                           "ablation", best, best_params, {field: value}, (field, value))
                     for value in values if not _same(value, getattr(best_config, field))]
     weights = options.pretrained_weights or "imagenet"
     source = f" ({weights})" if options.pretrained_weights else ""
-    r101 = {**best.params, "backbone": "resnet101"}
+    r101 = {**best_params, "backbone": "resnet101"}
     entries.append(_Entry("r101-imagenet", f"ResNet-101, ImageNet-pretrained{source}, trial {best.number}'s "
                           "recipe", "r101-imagenet", best, {**r101, "pretrained": weights}))
     entries.append(_Entry("r101-scratch", f"ResNet-101 from scratch, trial {best.number}'s recipe with "

@@ -2,13 +2,19 @@
 
 A `Param` checks its own shape (bounds, log, step, choices) and raises `ConfigError`
 naming itself; `hpo.spec` adds the file and section, and checks it against TrainConfig.
+
+One TrainConfig field may be searched by several Optuna parameters: a field with one
+range per value of an earlier categorical (`lr` under "sgd" and under "adamw") becomes
+`lr[sgd]` and `lr[adamw]`, each sampled only under its condition, because one Optuna
+name must keep one distribution. `train_overrides` maps a trial's params back to fields.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -21,7 +27,11 @@ Choice = bool | int | float | str
 
 @dataclass(frozen=True)
 class Param:
-    """One searched TrainConfig field; `when` = {earlier categorical param: values it must take}."""
+    """One searched TrainConfig field; `when` = {earlier categorical param: values it must take}.
+
+    `name` is the Optuna parameter; `field` the TrainConfig field it sets (the same,
+    except for a per-condition range such as `lr[sgd]` of field `lr`).
+    """
 
     name: str
     type: str
@@ -30,9 +40,12 @@ class Param:
     log: bool = False
     step: float | int | None = None
     choices: tuple[Choice, ...] = ()
-    when: dict[str, tuple[Choice, ...]] = field(default_factory=dict)
+    when: dict[str, tuple[Choice, ...]] = dataclasses.field(default_factory=dict)
+    field: str = ""  # the TrainConfig field; "" means `name`
 
     def __post_init__(self) -> None:
+        if not self.field:
+            object.__setattr__(self, "field", self.name)
         if self.type not in PARAM_TYPES:
             self._fail(f"type must be one of {', '.join(PARAM_TYPES)}, got {self.type!r}")
         if self.type == "categorical":
@@ -136,11 +149,35 @@ def suggest(trial: optuna.Trial, space: Sequence[Param]) -> dict[str, Any]:
     return params
 
 
-def enqueue_baseline(study: optuna.Study, baseline: Mapping[str, Any]) -> None:
-    """Queue the baseline recipe as the next trial (trial 0 of a new study).
+def condition_key(choice: Choice) -> str:
+    """How a spec names a categorical value as a TOML key and in a parameter name: sgd, 16, true."""
+    return str(choice).lower() if isinstance(choice, bool) else str(choice)
 
-    Idempotent: Optuna skips it when a trial with the same fixed params exists in any
-    state, so resuming a study never runs the baseline twice.
+
+def train_overrides(space: Sequence[Param], params: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's params (Optuna names) as TrainConfig overrides (field names): `lr[sgd]` sets `lr`.
+
+    Every path from params to a config goes through here: the objective, the seeded
+    trials, finalize. A name the space does not know is passed on as it is (and
+    TrainConfig rejects it if it is no field).
     """
-    if baseline:
-        study.enqueue_trial(dict(baseline), user_attrs={"baseline": True}, skip_if_exists=True)
+    fields = {param.name: param.field for param in space}
+    return {fields.get(name, name): value for name, value in params.items()}
+
+
+def trial_params(space: Sequence[Param], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse, for a point given by field values (a baseline or a recipe): its Optuna params."""
+    return {param.name: values[param.field] for param in space if param.field in values and param.active(values)}
+
+
+def enqueue_seeded(study: optuna.Study, space: Sequence[Param],
+                   seeded: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> None:
+    """Queue fixed points, (field values, user attrs) each, as the next trials, in order:
+    the baseline (trial 0 of a new study), then the published recipes.
+
+    Idempotent: Optuna skips a point when a trial with the same fixed params exists in any
+    state, so resuming a study, or several workers starting at once (the caller holds the
+    study's lock), never run one twice.
+    """
+    for values, user_attrs in seeded:
+        study.enqueue_trial(trial_params(space, values), user_attrs=dict(user_attrs), skip_if_exists=True)

@@ -24,12 +24,12 @@ from typing import Any, TypeVar
 
 import optuna
 
-from hpo.space import Param
+from hpo.space import Param, condition_key
 from segtrain.config import SCHEDULES, SPLITS, TrainConfig, field_names, field_type
 from segtrain.errors import ConfigError, UserError
 
-SECTIONS = ("study", "train", "space", "sampler", "pruner", "baseline", "finalize")
-PARAM_OPTIONS = ("type", "low", "high", "log", "step", "choices", "when")
+SECTIONS = ("study", "train", "space", "sampler", "pruner", "baseline", "recipes", "finalize")
+PARAM_OPTIONS = ("type", "low", "high", "log", "step", "choices", "when", "by", "ranges")
 RUNS_DIR = Path("runs")
 
 SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
@@ -84,10 +84,14 @@ def _one_line(error: Exception) -> str:
 
 @dataclass(frozen=True)
 class StudyOptions:
-    """[study]: where the study lives, the sampler's seed, and how its workers prove they are alive."""
+    """[study]: where the study and its outputs live, its size and budget, the sampler's seed,
+    and how its workers prove they are alive."""
 
     name: str
-    storage: str | None = None  # any Optuna storage URL; None: sqlite:///runs/<name>/study.db (relative to the cwd)
+    output_dir: Path | str | None = None  # trials/, final/, probe.json; None: runs/<name> (relative to the cwd)
+    storage: str | None = None  # any Optuna storage URL; None: sqlite:///<output_dir>/study.db
+    trials: int = 40  # finished trials the search aims at (hpo.search --trials overrides it)
+    budget_hours: float | None = None  # device-hours the search may spend, all workers together; None: no limit
     seed: int = 0
     heartbeat_interval: int = 60  # seconds, RDB storages: a trial silent for grace_period is stale
     grace_period: int = 120  # and is failed and re-queued by the next worker
@@ -96,19 +100,28 @@ class StudyOptions:
     def __post_init__(self) -> None:
         _check("name", self.name, str, lambda v: re.fullmatch(r"[\w.-]+", v) is not None,
                "must be letters, digits, '_', '.' or '-' (it names runs/<name>/)")
+        if self.output_dir is None:
+            object.__setattr__(self, "output_dir", RUNS_DIR / self.name)
+        _check("output_dir", str(self.output_dir) if isinstance(self.output_dir, Path) else self.output_dir,
+               str, bool, "must be a directory path")
+        object.__setattr__(self, "output_dir", Path(self.output_dir))
         if self.storage is None:
-            object.__setattr__(self, "storage", f"sqlite:///{(self.output_dir / 'study.db').as_posix()}")
+            object.__setattr__(self, "storage", default_storage(self.output_dir))
         _check("storage", self.storage, str, bool, "must be an Optuna storage URL")
+        _check("trials", self.trials, int, lambda v: v >= 1, "must be >= 1")
+        if self.budget_hours is not None:
+            _check("budget_hours", self.budget_hours, float, lambda v: v > 0, "must be > 0 hours")
+            object.__setattr__(self, "budget_hours", float(self.budget_hours))
         _check("seed", self.seed, int, lambda v: v >= 0, "must be >= 0")
         _check("heartbeat_interval", self.heartbeat_interval, int, lambda v: v > 0, "must be > 0 seconds")
         _check("grace_period", self.grace_period, int, lambda v: v > self.heartbeat_interval,
                f"must be > heartbeat_interval ({self.heartbeat_interval}), or live trials look stale")
         _check("keep_checkpoints", self.keep_checkpoints, int, lambda v: v >= 0, "must be >= 0")
 
-    @property
-    def output_dir(self) -> Path:
-        """runs/<name>/: per-trial outputs, final runs, and the default SQLite database."""
-        return RUNS_DIR / self.name
+
+def default_storage(output_dir: Path) -> str:
+    """The SQLite database a study keeps beside its outputs unless [study] storage says otherwise."""
+    return f"sqlite:///{(output_dir / 'study.db').as_posix()}"
 
 
 # TrainConfig fields every configuration of a study shares: where the data is, how it runs, its seed
@@ -206,6 +219,15 @@ class Component:
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """[recipes.NAME]: a published recipe, enqueued right after the baseline and labelled with its source."""
+
+    name: str
+    source: str  # where it comes from, and what was adapted to fit the space
+    values: dict[str, Any]  # field values, like [baseline]
+
+
+@dataclass(frozen=True)
 class StudySpec:
     """A validated study file. The direction is not a setting: a study maximises validation mIoU."""
 
@@ -215,8 +237,9 @@ class StudySpec:
     space: tuple[Param, ...]  # searched fields, in sampling order
     sampler: Component
     pruner: Component
-    baseline: dict[str, Any]  # params of the standard recipe, enqueued first; {} for none
+    baseline: dict[str, Any]  # field values of the reference recipe, enqueued first; {} for none
     finalize: FinalizeOptions
+    recipes: tuple[Recipe, ...] = ()  # enqueued after the baseline, in file order
 
     def train_config(self, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
         """Fixed fields + `overrides` (a trial's params; finalize's seed, epochs); ConfigError if invalid."""
@@ -234,6 +257,18 @@ class StudySpec:
     def with_storage(self, url: str) -> StudySpec:
         """A copy using another storage URL (a CLI's --storage)."""
         return dataclasses.replace(self, study=dataclasses.replace(self.study, storage=url))
+
+    def with_output_dir(self, directory: str | Path) -> StudySpec:
+        """A copy writing its outputs elsewhere (a CLI's --output-dir); a default storage moves along."""
+        storage = None if self.study.storage == default_storage(self.study.output_dir) else self.study.storage
+        return dataclasses.replace(self, study=dataclasses.replace(self.study, output_dir=Path(directory),
+                                                                   storage=storage))
+
+    def seeded_trials(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(field values, user attrs) of the trials every study starts with: the baseline, then the recipes."""
+        seeded = [(self.baseline, {"baseline": True})] if self.baseline else []
+        return seeded + [(recipe.values, {"recipe": recipe.name, "source": recipe.source})
+                         for recipe in self.recipes]
 
     def make_sampler(self, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
         """A fresh sampler seeded with [study] seed + `seed_offset`.
@@ -269,6 +304,11 @@ class StudySpec:
         if self.baseline:
             lines += ["## Baseline (enqueued as the first trial)", "",
                       ", ".join(f"{key} = `{value!r}`" for key, value in self.baseline.items()), ""]
+        if self.recipes:
+            lines += ["## Published recipes (enqueued after the baseline)", "",
+                      *(f"- **{recipe.name}** ({recipe.source}): "
+                        + ", ".join(f"{key} = `{value!r}`" for key, value in recipe.values.items())
+                        for recipe in self.recipes), ""]
         lines += [
             "## Search", "",
             f"Sampler `{self.sampler.describe()}` with seed {self.study.seed}; pruner `{self.pruner.describe()}`.", "",
@@ -331,15 +371,17 @@ def load_spec(path: str | Path, sections: Mapping[str, dict[str, Any]] | None = 
     with _located(path, "space"):
         space: list[Param] = []
         for param_name, options in tables["space"].items():
-            space.append(_parse_param(param_name, options, tables["train"], base, space))
+            space += _parse_param(param_name, options, tables["train"], base, space)
     with _located(path, "sampler"):
         sampler = _component(tables["sampler"], SAMPLERS, SAMPLER_DEFAULTS, "tpe", seed=study.seed)
     with _located(path, "pruner"):
         pruner = _component(tables["pruner"], PRUNERS, PRUNER_DEFAULTS, "median")
     with _located(path, "baseline"):
-        baseline = _parse_baseline(tables["baseline"], space, tables["train"])
+        baseline = _parse_point(tables["baseline"], space, tables["train"])
+    recipes = _parse_recipes(path, tables["recipes"], space, tables["train"], baseline)
     finalize = _parse_finalize(path, tables["finalize"], base, "epochs" in tables["space"])
-    return StudySpec(path, study, dict(tables["train"]), tuple(space), sampler, pruner, baseline, finalize)
+    return StudySpec(path, study, dict(tables["train"]), tuple(space), sampler, pruner, baseline, finalize,
+                     recipes)
 
 
 @contextmanager
@@ -420,8 +462,12 @@ def _build(cls: type[_Section], table: Mapping[str, Any], **defaults: Any) -> _S
 
 
 def _parse_param(name: str, options: Any, fixed: Mapping[str, Any], base: TrainConfig,
-                 earlier: Sequence[Param]) -> Param:
-    """One [space] entry: its shape, then its fit to the TrainConfig field, then its `when` parents."""
+                 earlier: Sequence[Param]) -> list[Param]:
+    """One [space] entry: its shape, then its fit to the TrainConfig field, then its `when` parents.
+
+    An entry with `by` and `ranges` is one Optuna parameter per range (see hpo.space),
+    and any mistake in it is reported under the entry's own name.
+    """
     if name not in field_names():
         raise ConfigError(name, _unknown("TrainConfig field", name, field_names()))
     if name in fixed:
@@ -440,13 +486,64 @@ def _parse_param(name: str, options: Any, fixed: Mapping[str, Any], base: TrainC
     if not isinstance(choices, list):
         raise ConfigError(name, f"choices must be a list, got {choices!r}")
     kind = field_type(name)
-    param = Param(name=name, type=options["type"], log=options.get("log", False),
-                  **{key: _as_field(options[key], kind) for key in ("low", "high", "step") if key in options},
-                  choices=tuple(_as_field(choice, kind) for choice in choices),
-                  when={key: tuple(v) if isinstance(v, list) else (v,) for key, v in when.items()})
-    _check_field(param, kind, base)
-    _check_when(param, earlier)
-    return param
+    shape = dict(type=options["type"], log=options.get("log", False),
+                 choices=tuple(_as_field(choice, kind) for choice in choices),
+                 when={key: tuple(v) if isinstance(v, list) else (v,) for key, v in when.items()},
+                 **{key: _as_field(options[key], kind) for key in ("low", "high", "step") if key in options})
+    if "by" not in options and "ranges" not in options:
+        params = [Param(name=name, **shape)]
+    else:
+        params = _per_condition(name, options, shape, kind, earlier)
+    for param in params:
+        try:
+            _check_field(param, kind, base)
+            _check_when(param, earlier)
+        except ConfigError as error:
+            raise ConfigError(name, _within(param, error.problem)) from None
+    return params
+
+
+def _per_condition(name: str, options: Mapping[str, Any], shape: dict[str, Any], kind: type,
+                   earlier: Sequence[Param]) -> list[Param]:
+    """`by = "optimizer", ranges = {sgd = [low, high], ...}`: one Param `name[sgd]` per range,
+    sampled when optimizer = "sgd"."""
+    example = 'e.g. by = "optimizer", ranges = {sgd = [1e-3, 3e-2], adamw = [1e-5, 1e-3]}'
+    by, ranges = options.get("by"), options.get("ranges")
+    if by is None or ranges is None:
+        raise ConfigError(name, f"by and ranges go together ({example})")
+    if shape["type"] not in ("float", "int"):
+        raise ConfigError(name, f"by and ranges apply to float and int parameters, not {shape['type']!r}")
+    for key in ("low", "high"):
+        if key in shape:
+            raise ConfigError(name, f"{key} goes inside ranges when by is given ({example})")
+    parent = next((p for p in earlier if p.name == by and p.type == "categorical"), None)
+    if not isinstance(by, str) or parent is None:
+        raise ConfigError(name, f"by: {by!r} must be a categorical parameter defined before {name!r}")
+    if by in shape["when"]:
+        raise ConfigError(name, f"by: {by!r} is also in when; ranges already set a condition on it")
+    if not isinstance(ranges, dict) or not ranges:
+        raise ConfigError(name, f"ranges must be a table with one [low, high] per value of {by} ({example})")
+    keys = {condition_key(choice): choice for choice in parent.choices}
+    params = []
+    for key, bounds in ranges.items():
+        if key not in keys:
+            raise ConfigError(name, f"ranges: {key!r} is not among {by}'s choices ({parent.describe()})")
+        if not isinstance(bounds, list) or len(bounds) != 2:
+            raise ConfigError(name, f"ranges: {key} must be [low, high], got {bounds!r}")
+        low, high = (_as_field(bound, kind) for bound in bounds)
+        try:
+            params.append(Param(name=f"{name}[{key}]", field=name, low=low, high=high,
+                                **{**shape, "when": {**shape["when"], by: (keys[key],)}}))
+        except ConfigError as error:
+            raise ConfigError(name, f"ranges: {key}: {error.problem}") from None
+    return params
+
+
+def _within(param: Param, problem: str) -> str:
+    """A problem of one per-condition range, said of its [space] entry: "ranges: sgd: low: ..."."""
+    if param.name == param.field:
+        return problem
+    return f"ranges: {param.name[len(param.field) + 1:-1]}: {problem}"
 
 
 def _as_field(value: Any, kind: type) -> Any:
@@ -466,7 +563,7 @@ def _check_field(param: Param, kind: type, base: TrainConfig) -> None:
               else [("low", param.low), ("high", param.high)])
     for label, value in values:
         try:
-            base.replace(**{param.name: value})
+            base.replace(**{param.field: value})
         except ConfigError as error:
             raise ConfigError(param.name, f"{label}: {error.problem}") from None
 
@@ -528,21 +625,54 @@ def _fails(component: Component, fixed: Mapping[str, Any]) -> bool:
     return False
 
 
-def _parse_baseline(table: Mapping[str, Any], space: Sequence[Param], fixed: Mapping[str, Any]) -> dict[str, Any]:
-    """[baseline]: a value inside the space for every param its choices make active, and nothing else."""
+def _parse_point(table: Mapping[str, Any], space: Sequence[Param], fixed: Mapping[str, Any],
+                 reserved: Sequence[str] = ()) -> dict[str, Any]:
+    """[baseline] or a recipe: a value inside the space for every field its choices make active,
+    and nothing else. Values are by field (`lr`, even where the space has `lr[sgd]`)."""
     if not table:
         return {}
-    names = [param.name for param in space]
+    fields = list(dict.fromkeys(param.field for param in space))
     for key in table:
-        if key not in names:
-            raise ConfigError(key, _unknown("[space] parameter", key, names))
-    values = {key: _as_field(value, field_type(key)) for key, value in table.items()}
-    for param in space:
-        given = param.name in values
-        if given and not param.contains(values[param.name]):
-            raise ConfigError(param.name, f"{table[param.name]!r} is outside the space ({param.describe()})")
-        if param.active(values) != given:
-            raise ConfigError(param.name, f"is not sampled with these values ({param.describe()})" if given
-                              else "missing; the baseline sets every [space] parameter it activates")
+        if key not in fields and key not in reserved:
+            raise ConfigError(key, _unknown("[space] parameter", key, fields))
+    values = {key: _as_field(value, field_type(key)) for key, value in table.items() if key not in reserved}
+    for name in fields:
+        active = next((param for param in space if param.field == name and param.active(values)), None)
+        given = name in values
+        if given and active is None:
+            described = "; ".join(param.describe() for param in space if param.field == name)
+            raise ConfigError(name, f"is not sampled with these values ({described})")
+        if active is not None and not given:
+            raise ConfigError(name, "missing; a point of the space sets every [space] parameter it activates")
+        if given and not active.contains(values[name]):
+            raise ConfigError(name, f"{table[name]!r} is outside the space ({active.describe()})")
     TrainConfig.from_dict({**fixed, **values})
-    return {name: values[name] for name in names if name in values}
+    return {name: values[name] for name in fields if name in values}
+
+
+def _parse_recipes(path: Path, table: Mapping[str, Any], space: Sequence[Param], fixed: Mapping[str, Any],
+                   baseline: Mapping[str, Any]) -> tuple[Recipe, ...]:
+    """[recipes.NAME] tables: each a point of the space like [baseline], plus its `source`;
+    no two seeded points alike (Optuna would run the second one never)."""
+    recipes: list[Recipe] = []
+    seen = {"[baseline]": dict(baseline)} if baseline else {}
+    for name, entry in table.items():
+        with _located(path, f"recipes.{name}"):
+            if re.fullmatch(r"[\w.-]+", name) is None:
+                raise ConfigError("name", f"{name!r} must be letters, digits, '_', '.' or '-'")
+            if not isinstance(entry, dict):
+                raise ConfigError("source", f"[recipes.{name}] must be a table of a source and the recipe's values")
+            source = entry.get("source")
+            if not isinstance(source, str) or not source.strip():
+                raise ConfigError("source", "required: where the recipe comes from and what was adapted, "
+                                            'e.g. source = "mmsegmentation deeplabv3 VOC config; crop 512 -> 513"')
+            values = _parse_point(entry, space, fixed, reserved=("source",))
+            if not values:
+                raise ConfigError("source", "the recipe sets no [space] parameter")
+            twin = next((label for label, other in seen.items() if other == values), None)
+            if twin is not None:
+                raise ConfigError("source", f"the same values as {twin}: a study runs each point once; "
+                                            f"remove one of them")
+        seen[f"[recipes.{name}]"] = values
+        recipes.append(Recipe(name, source.strip(), values))
+    return tuple(recipes)

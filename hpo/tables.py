@@ -16,23 +16,12 @@ from typing import Any
 
 from hpo.compare import Comparison
 from hpo.factors import Effect, Ranking
+from hpo.markdown import markdown_table
 from hpo.published import Match, PublishedFigure
 from hpo.results import METRICS, FinalRun, Summary, miou_key, miou_title, present_classes
 from hpo.stats import Sample
 from segtrain.data.labels import CLASS_NAMES
 from segtrain.engine import RUNTIME_FIELDS
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A pipe table whose columns line up, so it reads the same in a terminal and in Markdown."""
-    cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-
-    def line(row: Sequence[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"
-
-    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-                      *map(line, cells[1:])])
 
 
 def mean_std(stat: Sample, spec: str = ".4f", scale: float = 1.0, unit: str = "") -> str:

@@ -20,7 +20,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def amp_dtype_for(device: torch.device) -> torch.dtype | None:
-    """Autocast dtype on CUDA (bfloat16 where supported, else float16); None on CPU: float32 throughout."""
+    """Autocast dtype on CUDA: bfloat16 where the GPU has it, else float16 (training adds a GradScaler);
+    None on the CPU: float32 throughout."""
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

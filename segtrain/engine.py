@@ -91,7 +91,7 @@ class TrainResult:
     steps: int
     seconds: float  # wall time, training and evaluation
     images_per_second: float  # training throughput
-    peak_memory_bytes: int  # this run's: CUDA, peak allocated; CPU, peak resident set (segtrain.memory)
+    peak_memory_bytes: int  # this run's: CUDA, the allocator's peak reserved; CPU, peak resident set (segtrain.memory)
     parameters: int
     branch_steps: int = 0  # steps trained in decay branches (wsd), besides `steps`
     eval_protocol: str | None = None  # how the mIoU figures were evaluated: segtrain.evaluation.Protocol.name
@@ -412,7 +412,7 @@ class _Run:
             "train_seconds": self.train_seconds, "elapsed_seconds": self.elapsed(),
             **self.training_state(),
         }
-        write_atomic(self.run_dir / CHECKPOINT, lambda file: torch.save(state, file))
+        write_atomic(self.run_dir / CHECKPOINT, lambda file: torch.save(state, file), size_hint=_tensor_bytes(state))
 
     def restore(self) -> None:
         path = self.run_dir / CHECKPOINT
@@ -436,6 +436,17 @@ class _Run:
         self.elapsed_before = state["elapsed_seconds"]
         if self.group.is_main:
             log.info("resumed from %s at step %d/%d", path, self.step, self.budget.total_steps)
+
+
+def _tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in a (nested) state: about what torch.save writes."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_tensor_bytes(item) for item in value)
+    return 0
 
 
 def _seed_everything(seed: int) -> None:

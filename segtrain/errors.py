@@ -27,6 +27,21 @@ class WeightsError(UserError):
     """Pretrained weights that cannot be fetched or do not fit the model."""
 
 
+class DiskFull(UserError):
+    """A write that found no space left: the file, the space it needed, the space free."""
+
+    def __init__(self, path: str, needed_bytes: int | None, free_bytes: int | None):
+        needed = f"needs {_size(needed_bytes)}, " if needed_bytes else ""
+        free = f"{_size(free_bytes)} free" if free_bytes is not None else "free space unknown"
+        super().__init__(f"{path}: no space left on its file system ({needed}{free}); free some space, "
+                         f"or write the outputs elsewhere (--output-dir, [study] output_dir)")
+        self.path, self.needed_bytes, self.free_bytes = path, needed_bytes, free_bytes
+
+
+def _size(count: int) -> str:
+    return f"{count / 2 ** 20:.0f} MiB" if count >= 2 ** 20 else f"{count} bytes"
+
+
 def unwrap_worker_errors(batches: Iterable[Any]) -> Iterator[Any]:
     """The batches of a DataLoader, where a UserError raised in a worker process (a corrupt
     file found at decode time) arrives as the one-line error it was.

@@ -23,7 +23,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,17 +156,9 @@ def predictions(model: nn.Module, dataset: VOCSegmentation, device: torch.device
                 ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
     """(dataset indices, scores as `predict` gives them, masks) for each same-size batch of this
     process's share of `dataset` (all of it outside torch.distributed), on `device`."""
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    batches = same_size_batches(dataset.image_sizes, batch_size, rank, world_size)
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
-                        generator=torch.Generator())  # its seed draw must not move the global RNG
     model.eval()
-    with tqdm(total=sum(map(len, batches)), unit="img", desc="eval", leave=False, dynamic_ncols=True,
-              disable=None if progress else True) as bar:
-        for indices, (images, masks) in zip(batches, unwrap_worker_errors(loader)):
-            images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
-            yield indices, predict(model, images, scales, flip, amp_dtype), masks.to(device, non_blocking=True)
-            bar.update(len(indices))
+    for indices, images, masks in _same_size_batches_on(device, dataset, batch_size, workers, progress):
+        yield indices, predict(model, images, scales, flip, amp_dtype), masks
 
 
 def evaluate_model(model: nn.Module, dataset: VOCSegmentation, device: torch.device, *,
@@ -174,12 +166,40 @@ def evaluate_model(model: nn.Module, dataset: VOCSegmentation, device: torch.dev
                    amp_dtype: torch.dtype | None = None, progress: bool = False) -> Scores:
     """mIoU etc. of `model` (built at the protocol's output stride) over `dataset`, each image at
     its own size; under torch.distributed every process calls it and gets the same Scores."""
+    batches = _same_size_batches_on(device, dataset, batch_size, workers, progress)
+    return score_batches(model, ((images, masks) for _, images, masks in batches), device,
+                         scales=scales, flip=flip, amp_dtype=amp_dtype)
+
+
+def score_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, *,
+                  scales: Sequence[float] = (1.0,), flip: bool = False,
+                  amp_dtype: torch.dtype | None = None) -> Scores:
+    """mIoU etc. of `model` over (images, masks) batches, each of images of one size (summed over
+    processes under torch.distributed)."""
+    model.eval()
     matrix = ConfusionMatrix(NUM_CLASSES, device=device, ignore_index=IGNORE_INDEX)
-    for _, scores, masks in predictions(model, dataset, device, scales=scales, flip=flip, batch_size=batch_size,
-                                        workers=workers, amp_dtype=amp_dtype, progress=progress):
-        matrix.update(scores.argmax(dim=1), masks)
+    for images, masks in batches:
+        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+        matrix.update(predict(model, images, scales, flip, amp_dtype).argmax(dim=1),
+                      masks.to(device, non_blocking=True))
     matrix.all_reduce()
     return matrix.compute()
+
+
+def _same_size_batches_on(device: torch.device, dataset: VOCSegmentation, batch_size: int, workers: int,
+                          progress: bool) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """(indices, images, masks) of this process's share of `dataset` in same-size batches, on `device`,
+    with a progress bar."""
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    batches = same_size_batches(dataset.image_sizes, batch_size, rank, world_size)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator())  # its seed draw must not move the global RNG
+    with tqdm(total=sum(map(len, batches)), unit="img", desc="eval", leave=False, dynamic_ncols=True,
+              disable=None if progress else True) as bar:
+        for indices, (images, masks) in zip(batches, unwrap_worker_errors(loader)):
+            yield (indices, images.to(device, non_blocking=True, memory_format=torch.channels_last),
+                   masks.to(device, non_blocking=True))
+            bar.update(len(indices))
 
 
 # --- a run dir

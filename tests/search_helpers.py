@@ -84,3 +84,26 @@ def load_study(name: str, url: str) -> optuna.Study:
     if url.startswith("journal://"):
         url = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url[len("journal://"):]))
     return optuna.load_study(study_name=name, storage=url)
+
+
+def write_probe(spec_path: Path, seconds_per_image, memory_bytes=lambda corner: 2 ** 30,
+                limit_bytes: int = 64 * 2 ** 30, output_dir: Path | None = None) -> Path:
+    """A hand-written probe of the spec's own corners (so hpo.plan and hpo.search take it as theirs):
+    `seconds_per_image(corner)` and `memory_bytes(corner)` give each corner's figures (evaluation
+    corners: a hundredth of the first), `limit_bytes` the device's memory."""
+    import dataclasses
+
+    from hpo import probe
+    from hpo.spec import load_spec
+
+    spec = load_spec(spec_path)
+    if output_dir is not None:
+        spec = spec.with_output_dir(output_dir)
+    corners = tuple(dataclasses.replace(corner, images_per_second=(1 if corner.kind == "train" else 100)
+                                        / seconds_per_image(corner), peak_memory_bytes=memory_bytes(corner),
+                                        flops_per_image=1e9 if corner.kind == "train" else 0.0, parameters=1000)
+                    for corner in probe.corner_configs(spec))
+    written = probe.Probe(spec.study.name, "2025-01-01T00:00:00+00:00", "test device", "cpu", "0", limit_bytes,
+                          "written by the test", {"key": probe.settings_key(spec), "steps": 1, "eval_batches": 1},
+                          corners)
+    return probe.save(written, probe.probe_path(spec))

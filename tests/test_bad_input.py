@@ -72,6 +72,11 @@ def runs_is_a_file(tmp: Path, storage: str) -> list[str]:
     return ["--chdir", str(tmp)]
 
 
+def output_dir_in_a_file(tmp: Path, storage: str) -> list[str]:
+    (tmp / "scratch").write_text("")  # a scratch disk that is not a directory
+    return ["--output-dir", str(tmp / "scratch" / "kept")]
+
+
 # case: (arguments after the study's own --study, given a tmp dir and the storage; words of the error)
 CASES: dict[str, tuple[Callable[[Path, str], list[str]], str]] = {
     "missing data root": (lambda tmp, storage: [*voc_spec(tmp, storage), "--data-root", str(tmp / "nowhere")],
@@ -96,6 +101,9 @@ CASES: dict[str, tuple[Callable[[Path, str], list[str]], str]] = {
     "trials 0": (lambda tmp, storage: ["--trials", "0"], "argument --trials: must be >= 1, got 0"),
     "trials negative": (lambda tmp, storage: ["--trials", "-2"], "argument --trials: must be >= 1, got -2"),
     "unwritable output dir": (runs_is_a_file, "runs/kept: cannot write outputs there"),
+    "unwritable --output-dir": (output_dir_in_a_file, "scratch/kept: cannot write outputs there"),
+    "budget without a probe": (lambda tmp, storage: ["--budget-hours", "3"],
+                               "a budget needs the probe of this spec (no probe at runs/kept/probe.json)"),
     "several workers, one line": (lambda tmp, storage: [*voc_spec(tmp, storage), "--workers", "3",
                                                         "--data-root", str(tmp / "nowhere")],
                                   "nowhere is not a directory"),

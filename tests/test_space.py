@@ -1,4 +1,5 @@
-"""Sampling a spec's space with real Optuna studies: types, ranges, log scale, conditionals, baseline."""
+"""Sampling a spec's space with real Optuna studies: types, ranges, log scale, conditionals,
+per-condition ranges, the seeded baseline and recipes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hpo.space import Param, enqueue_baseline, suggest
+from hpo.space import Param, enqueue_seeded, suggest, train_overrides
 from hpo.spec import StudySpec, load_spec
 from segtrain.config import TrainConfig
 
@@ -92,28 +93,90 @@ def test_log_scale_is_uniform_in_the_exponent(tmp_path: Path) -> None:
     assert 0.4 < below_geometric_middle < 0.6  # a uniform draw on [1e-3, 1e-1] would give ~0.09
 
 
-def test_baseline_is_trial_zero_and_enqueued_once(tmp_path: Path) -> None:
-    spec = make_spec(tmp_path, "tpe")
+PER_OPTIMIZER = """
+[train]
+synthetic = true
+
+[space]
+optimizer = {type = "categorical", choices = ["sgd", "adamw"]}
+lr = {type = "float", log = true, by = "optimizer", ranges = {sgd = [1e-3, 3e-2], adamw = [1e-5, 1e-3]}}
+weight_decay = {type = "float", log = true, by = "optimizer", ranges = {adamw = [1e-3, 1e-1]}}
+momentum = {type = "float", low = 0.8, high = 0.99, when = {optimizer = "sgd"}}
+
+[sampler]
+{sampler}
+
+[baseline]
+optimizer = "sgd"
+lr = 0.001
+momentum = 0.9
+
+[recipes.decoupled]
+source = "AdamW with decoupled decay"
+optimizer = "adamw"
+lr = 1e-4
+weight_decay = 0.01
+
+[recipes.fast]
+source = "SGD at a high lr"
+optimizer = "sgd"
+lr = 0.02
+momentum = 0.95
+"""
+
+
+@pytest.mark.parametrize("sampler", ['type = "random"', 'type = "tpe"\nn_startup_trials = 5'], ids=["random", "tpe"])
+def test_per_condition_ranges_sample_only_their_own_range(tmp_path: Path, sampler: str) -> None:
+    path = tmp_path / "per_optimizer.toml"
+    path.write_text(PER_OPTIMIZER.replace("{sampler}", sampler), encoding="utf-8")
+    spec = load_spec(path)
+    assert [param.name for param in spec.space] == \
+        ["optimizer", "lr[sgd]", "lr[adamw]", "weight_decay[adamw]", "momentum"]
+    study = optuna.create_study(direction="maximize", sampler=spec.make_sampler())
+    seen = set()
+    for number in range(20):  # past TPE's 5 random startup trials
+        trial = study.ask()
+        params = suggest(trial, spec.space)
+        optimizer = params["optimizer"]
+        seen.add(optimizer)
+        config = spec.train_config(train_overrides(spec.space, params))
+        if optimizer == "sgd":
+            assert set(params) == {"optimizer", "lr[sgd]", "momentum"}
+            assert 1e-3 <= params["lr[sgd]"] <= 3e-2 and config.lr == params["lr[sgd]"]
+            assert config.weight_decay == TrainConfig.weight_decay  # no sgd range: the [train]/default value
+        else:
+            assert set(params) == {"optimizer", "lr[adamw]", "weight_decay[adamw]"}
+            assert 1e-5 <= params["lr[adamw]"] <= 1e-3 and config.lr == params["lr[adamw]"]
+            assert 1e-3 <= params["weight_decay[adamw]"] <= 1e-1
+            assert config.weight_decay == params["weight_decay[adamw]"]
+        study.tell(trial, -abs(math.log10(config.lr) + 3) + number % 2 * 0.1)
+    assert seen == {"sgd", "adamw"}
+
+
+def test_baseline_and_recipes_are_the_first_trials_and_run_once_across_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "per_optimizer.toml"
+    path.write_text(PER_OPTIMIZER.replace("{sampler}", 'type = "tpe"'), encoding="utf-8")
+    spec = load_spec(path)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    for run in range(2):  # a rerun resumes the study: it must not enqueue the baseline again
+    for run in range(2):  # a rerun resumes the study: it must not enqueue the seeded trials again
         study = optuna.create_study(study_name="s", storage=storage, direction="maximize",
                                     sampler=spec.make_sampler(seed_offset=run), load_if_exists=True)
-        enqueue_baseline(study, spec.baseline)
-        enqueue_baseline(study, spec.baseline)
+        enqueue_seeded(study, spec.space, spec.seeded_trials())
+        enqueue_seeded(study, spec.space, spec.seeded_trials())
         for _ in range(2):
             trial = study.ask()
-            study.tell(trial, 0.5 if suggest(trial, spec.space) == spec.baseline else 0.1)
+            suggest(trial, spec.space)
+            study.tell(trial, 0.5 if trial.user_attrs else 0.1)
     trials = optuna.load_study(study_name="s", storage=storage).trials
     assert len(trials) == 4
-    assert trials[0].params == spec.baseline and trials[0].user_attrs == {"baseline": True}
-    assert [t.number for t in trials if t.user_attrs.get("baseline")] == [0]
-    assert [t.value for t in trials] == [0.5, 0.1, 0.1, 0.1]
-
-
-def test_no_baseline_enqueues_nothing() -> None:
-    study = optuna.create_study()
-    enqueue_baseline(study, {})
-    assert study.trials == []
+    assert trials[0].params == {"optimizer": "sgd", "lr[sgd]": 0.001, "momentum": 0.9}
+    assert trials[0].user_attrs == {"baseline": True}
+    assert trials[1].params == {"optimizer": "adamw", "lr[adamw]": 1e-4, "weight_decay[adamw]": 0.01}
+    assert trials[1].user_attrs == {"recipe": "decoupled", "source": "AdamW with decoupled decay"}
+    assert trials[2].user_attrs == {"recipe": "fast", "source": "SGD at a high lr"}
+    assert train_overrides(spec.space, trials[2].params) == spec.recipes[1].values == \
+        {"optimizer": "sgd", "lr": 0.02, "momentum": 0.95}
+    assert not trials[3].user_attrs  # then the sampler's own
 
 
 def test_a_bool_choice_is_not_an_int() -> None:

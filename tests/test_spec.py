@@ -34,7 +34,7 @@ def test_shipped_studies_parse(name: str) -> None:
     spec = load_spec(STUDIES / name)
     assert isinstance(spec.make_sampler(), optuna.samplers.TPESampler)
     assert isinstance(spec.make_pruner(), optuna.pruners.SuccessiveHalvingPruner)  # benchmarks/pruning.py
-    assert {"lr", "optimizer", "crop_size", "batch_size", "output_stride"} <= {p.name for p in spec.space}
+    assert {"lr", "optimizer", "crop_size", "batch_size", "output_stride"} <= {p.field for p in spec.space}
     baseline = spec.train_config(spec.baseline)
     assert (baseline.optimizer, baseline.momentum, baseline.output_stride) == ("sgd", 0.9, 16)
     assert spec.finalize.epochs > baseline.epochs
@@ -69,7 +69,7 @@ def test_minimal_spec_gets_the_defaults(tmp_path: Path) -> None:
     assert spec.sampler.args == {"multivariate": True, "group": True}
     assert isinstance(spec.make_pruner(), optuna.pruners.MedianPruner)
     assert spec.pruner.args == {"n_warmup_steps": 2}
-    assert spec.baseline == {}
+    assert spec.baseline == {} and spec.recipes == () and spec.seeded_trials() == []
     assert spec.finalize.seeds == (0, 1, 2) and spec.finalize.epochs == TrainConfig.epochs
     assert spec.train_config() == TrainConfig()
 
@@ -168,6 +168,12 @@ def test_markdown_describes_data_space_and_search(tmp_path: Path) -> None:
     assert "TPESampler(multivariate=True, group=True)" in note and "MedianPruner(n_warmup_steps=2)" in note
     assert "optimizer = `'adam'`" in note
 
+
+BY_OPTIMIZER = """[space]
+optimizer = {{type = 'categorical', choices = ['sgd', 'adam']}}
+momentum = {{type = 'float', low = 0.8, high = 0.99, when = {{optimizer = 'sgd'}}}}
+lr = {{type = 'float', log = true, {}}}
+"""
 
 INVALID = {
     "malformed TOML": ("lr = = 1\n", "not valid TOML"),
@@ -277,6 +283,56 @@ INVALID = {
                                      "[baseline] momentum: missing"),
     "baseline inactive conditional": ("[baseline]\nlr = 0.01\noptimizer = 'adam'\nmomentum = 0.9\nbatch_size = 2\n",
                                       "[baseline] momentum: is not sampled with these values"),
+    "study budget zero": ("[study]\nbudget_hours = 0\n", "[study] budget_hours: must be > 0 hours, got 0"),
+    "study budget negative": ("[study]\nbudget_hours = -2.5\n", "[study] budget_hours: must be > 0 hours"),
+    "study trials zero": ("[study]\ntrials = 0\n", "[study] trials: must be >= 1"),
+    "study output dir empty": ("[study]\noutput_dir = ''\n", "[study] output_dir: must be a directory path"),
+    "space by without ranges": (BY_OPTIMIZER.format("by = 'optimizer'"), "[space] lr: by and ranges go together"),
+    "space ranges without by": (BY_OPTIMIZER.format("ranges = {sgd = [0.001, 0.1]}"), "[space] lr: by and ranges go together"),
+    "space by unknown": (BY_OPTIMIZER.format("by = 'opt', ranges = {sgd = [0.001, 0.1]}"),
+                         "[space] lr: by: 'opt' must be a categorical parameter defined before 'lr'"),
+    "space by on a float": (BY_OPTIMIZER.format("by = 'momentum', ranges = {sgd = [0.001, 0.1]}"),
+                            "[space] lr: by: 'momentum' must be a categorical parameter"),
+    "space ranges key not a choice": (BY_OPTIMIZER.format("by = 'optimizer', ranges = {sgd = [0.001, 0.1], lion = [1e-4, 1e-3]}"),
+                                      "[space] lr: ranges: 'lion' is not among optimizer's choices (one of sgd, adam)"),
+    "space range low > high": (BY_OPTIMIZER.format("by = 'optimizer', ranges = {sgd = [0.1, 0.01]}"),
+                               "[space] lr: ranges: sgd: low (0.1) must be < high (0.01)"),
+    "space range not a pair": (BY_OPTIMIZER.format("by = 'optimizer', ranges = {sgd = [0.1]}"),
+                               "[space] lr: ranges: sgd must be [low, high], got [0.1]"),
+    "space range bad bound": (BY_OPTIMIZER.format("by = 'optimizer', ranges = {sgd = ['a', 0.1]}"),
+                              "[space] lr: ranges: sgd: low must be a finite number"),
+    "space ranges not a table": (BY_OPTIMIZER.format("by = 'optimizer', ranges = [0.001, 0.1]"),
+                                 "[space] lr: ranges must be a table with one [low, high] per value of optimizer"),
+    "space ranges and low": (BY_OPTIMIZER.format("by = 'optimizer', low = 0.001, ranges = {sgd = [0.001, 0.1]}"),
+                             "[space] lr: low goes inside ranges when by is given"),
+    "space ranges on categorical": ("[space]\noptimizer = {type = 'categorical', choices = ['sgd', 'adam']}\n"
+                                    "nesterov = {type = 'categorical', choices = [true], by = 'optimizer', "
+                                    "ranges = {sgd = [0, 1]}}\n",
+                                    "[space] nesterov: by and ranges apply to float and int parameters"),
+    "space range TrainConfig rejects": ("[space]\noptimizer = {type = 'categorical', choices = ['sgd', 'adam']}\n"
+                                        "momentum = {type = 'float', by = 'optimizer', ranges = {sgd = [0.5, 1.0]}}\n",
+                                        "[space] momentum: ranges: sgd: high: must be in [0, 1)"),
+    "baseline outside its condition's range": (BY_OPTIMIZER.format("by = 'optimizer', ranges = {sgd = [0.001, 0.1], "
+                                                                    "adam = [1e-5, 1e-3]}")
+                                               + "[baseline]\noptimizer = 'adam'\nlr = 0.01\n",
+                                               "[baseline] lr: 0.01 is outside the space (float in [1e-05, 0.001], "
+                                               "log, when optimizer = adam)"),
+    "baseline per-condition field with no range there": (
+        BY_OPTIMIZER.format("by = 'optimizer', ranges = {sgd = [0.001, 0.1]}") + "[baseline]\noptimizer = 'adam'\nlr = 0.01\n",
+        "[baseline] lr: is not sampled with these values"),
+    "recipe without source": ("[recipes.x]\nlr = 0.01\noptimizer = 'adam'\nbatch_size = 2\n",
+                              "[recipes.x] source: required"),
+    "recipe not a table": ("[recipes]\nx = 3\n", "[recipes.x] source: [recipes.x] must be a table"),
+    "recipe unknown key": ("[recipes.x]\nsource = 's'\nlrr = 0.01\n", "[recipes.x] lrr: unknown [space] parameter"),
+    "recipe outside the space": ("[recipes.x]\nsource = 's'\nlr = 0.5\noptimizer = 'adam'\nbatch_size = 2\n",
+                                 "[recipes.x] lr: 0.5 is outside the space (float in [0.001, 0.1], log)"),
+    "recipe missing conditional": ("[recipes.x]\nsource = 's'\nlr = 0.01\noptimizer = 'sgd'\nbatch_size = 2\n",
+                                   "[recipes.x] momentum: missing"),
+    "recipe same as baseline": ("[baseline]\nlr = 0.01\noptimizer = 'adam'\nbatch_size = 2\n"
+                                "[recipes.x]\nsource = 's'\nlr = 0.01\noptimizer = 'adam'\nbatch_size = 2\n",
+                                "[recipes.x] source: the same values as [baseline]"),
+    "recipe bad name": ("[recipes.'a b']\nsource = 's'\nlr = 0.01\noptimizer = 'adam'\nbatch_size = 2\n",
+                        "[recipes.a b] name: 'a b' must be letters"),
     "finalize unknown key": ("[finalize]\ntopk = 3\n", "[finalize] topk: unknown setting (did you mean 'top_k'?)"),
     "finalize top_k zero": ("[finalize]\ntop_k = 0\n", "[finalize] top_k: must be >= 1"),
     "finalize empty seeds": ("[finalize]\nseeds = []\n", "[finalize] seeds: must be a non-empty list of integers"),
@@ -338,3 +394,38 @@ def test_spec_is_frozen(tmp_path: Path) -> None:
     spec: StudySpec = load_spec(write_spec(tmp_path, ""))
     with pytest.raises(AttributeError):
         spec.study = spec.study  # type: ignore[misc]
+
+
+def test_per_condition_ranges_and_recipes(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, BY_OPTIMIZER.format("by = 'optimizer', ranges = {sgd = [1e-3, 3e-2], "
+                                                               "adam = [1e-5, 1e-3]}") + """
+[baseline]
+optimizer = "sgd"
+momentum = 0.9
+lr = 0.001
+
+[recipes.adam-small]
+source = "a made-up recipe"
+optimizer = "adam"
+lr = 1e-4
+"""))
+    lrs = {param.name: param for param in spec.space if param.field == "lr"}
+    assert set(lrs) == {"lr[sgd]", "lr[adam]"}
+    assert (lrs["lr[adam]"].low, lrs["lr[adam]"].high, lrs["lr[adam]"].when) == (1e-5, 1e-3, {"optimizer": ("adam",)})
+    assert spec.recipes[0].values == {"optimizer": "adam", "lr": 1e-4}
+    assert spec.seeded_trials() == [({"optimizer": "sgd", "momentum": 0.9, "lr": 0.001}, {"baseline": True}),
+                                    ({"optimizer": "adam", "lr": 1e-4},
+                                     {"recipe": "adam-small", "source": "a made-up recipe"})]
+    note = spec.to_markdown()
+    assert "| lr[adam] | float in [1e-05, 0.001], log, when optimizer = adam |" in note
+    assert "**adam-small** (a made-up recipe): optimizer = `'adam'`, lr = `0.0001`" in note
+
+
+def test_output_dir_moves_the_default_storage_only(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, "[study]\noutput_dir = '/scratch/lab/demo'\ntrials = 12\n"))
+    assert spec.study.output_dir == Path("/scratch/lab/demo") and spec.study.trials == 12
+    assert spec.study.storage == "sqlite:////scratch/lab/demo/study.db"
+    moved = spec.with_output_dir(tmp_path / "elsewhere")
+    assert moved.study.storage == f"sqlite:///{tmp_path}/elsewhere/study.db"
+    shared = load_spec(write_spec(tmp_path, "[study]\nstorage = 'postgresql://db/hpo'\n"))
+    assert shared.with_output_dir(tmp_path).study.storage == "postgresql://db/hpo"

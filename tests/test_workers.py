@@ -28,7 +28,8 @@ def workdir(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("storage", [None, "journal://runs/pool/journal.log"], ids=["sqlite", "journal"])
 def test_four_workers_share_one_study_and_stop_at_the_target(storage, workdir, capsys):
-    spec = write_spec(workdir, "pool", workdir / "cache", train=CHEAP_TRAIN)
+    spec = write_spec(workdir, "pool", workdir / "cache", train=CHEAP_TRAIN,
+                      extra='[recipes.adam]\nsource = "a test recipe"\nlr = 0.01\noptimizer = "adam"\nbatch_size = 4\n')
     argv = ["--study", str(spec), "--trials", "6", "--workers", "4"]
     assert run(main, argv + (["--storage", storage] if storage else []), prog="hpo.search") == 0
     out, err = capsys.readouterr()
@@ -37,6 +38,9 @@ def test_four_workers_share_one_study_and_stop_at_the_target(storage, workdir, c
     study = load_study("pool", storage or "sqlite:///runs/pool/study.db")
     assert_exactly_finished(study, 6)
     assert len({t.user_attrs["worker"] for t in study.trials}) >= 2  # the workers shared the trials
+    # the baseline, then the recipe, once each although every worker enqueued them
+    assert [(t.number, t.user_attrs.get("baseline"), t.user_attrs.get("recipe")) for t in study.trials
+            if "baseline" in t.user_attrs or "recipe" in t.user_attrs] == [(0, True, None), (1, None, "adam")]
     for number in range(6):  # each trial reported once, by the worker that ran it
         assert sum(f"] trial {number}: " in line for line in err.splitlines()) == 1, err
     assert out.count("study pool: ") == 1 and "best: trial" in out  # one summary, by the parent

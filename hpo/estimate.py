@@ -1,0 +1,287 @@
+"""A study's bill before it starts: device-hours of the search and of each finalize row, and its disk.
+
+The search: the seeded trials (baseline, recipes) at their own cost, every other trial
+at the expected cost of a configuration drawn at random from the space (TPE draws at
+random only for its startup trials, then drifts towards what wins, which may be
+costlier: the `max` column prices every trial at the costliest configuration that
+fits), times the pruner's measured saving. A configuration predicted not to fit the
+device costs nothing: the search ends it before it trains.
+
+Finalize (hpo.finalize): top_k configurations, the baseline, ResNet-101 pretrained and
+from scratch with the best configuration's hyperparameters, and one configuration per
+ablation value that differs from the best, each trained once per seed for the
+[finalize] epochs on finalize's split. The winners are unknown before the search, so
+each such row is priced at the expected cost of a configuration of the space that fits.
+Runs that finalize merges (the baseline that is also a top configuration) are
+counted twice: the figures are an upper bound there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpo.cost import PRUNER_SAVING, CostModel, TrialPricer, checkpoint_bytes, sample_space, split_size
+from hpo.probe import FINALIZE_BACKBONE
+from hpo.spec import StudySpec
+from hpo.markdown import markdown_table
+
+SAMPLES = 1000  # random draws of the space for the expected cost: a ~2% standard error here
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the bill: `runs` trials or configurations, each trained once per seed."""
+
+    name: str
+    runs: int
+    seeds: int
+    epochs: float
+    hours: float  # expected
+    hours_max: float  # at the costliest configuration that fits
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Disk:
+    """Checkpoints on the output dir's file system at the study's peak."""
+
+    directory: Path
+    checkpoint_bytes: int  # the search's largest checkpoint: fp32 weights + optimizer state
+    kept_bytes: int  # the best keep_checkpoints trials keep theirs
+    running_bytes: int  # per worker: its trial's checkpoint and the next one being written beside it
+    final_bytes: int  # every final run keeps its checkpoint
+    free_bytes: int | None  # free now on that file system
+
+    @property
+    def total_bytes(self) -> int:
+        return self.kept_bytes + self.running_bytes + self.final_bytes
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a study of `trials` trials and these finalize options costs."""
+
+    trials: int
+    top_k: int
+    seeds: tuple[int, ...]
+    epochs: float  # of each final run
+    rows: tuple[Row, ...]
+    disk: Disk
+    notes: tuple[str, ...]
+
+    @property
+    def total_hours(self) -> float:
+        return sum(row.hours for row in self.rows)
+
+    @property
+    def search_hours(self) -> float:
+        return self.rows[0].hours
+
+    @property
+    def finalize_hours(self) -> float:
+        return self.total_hours - self.search_hours
+
+
+@dataclass(frozen=True)
+class _RunCost:
+    """The cost of one run of a row, linear in the epochs: seconds = per_epoch x epochs + fixed."""
+
+    per_epoch: float
+    fixed: float  # evaluations
+    per_epoch_max: float
+    fixed_max: float
+    checkpoint_bytes: int
+    fits: bool = True
+
+    def seconds(self, epochs: float, highest: bool = False) -> float:
+        if not self.fits:
+            return 0.0
+        return (self.per_epoch_max * epochs + self.fixed_max) if highest else self.per_epoch * epochs + self.fixed
+
+
+class Estimator:
+    """A spec and a cost model, with everything a plan needs computed once, so that pricing a plan
+    of any size (hpo.budget tries many) is arithmetic."""
+
+    def __init__(self, spec: StudySpec, model: CostModel, workers: int = 1, samples: int = SAMPLES):
+        self.spec, self.model, self.workers = spec, model, workers
+        self.base = spec.train_config()
+        fixed = self.base.to_dict()
+        self.points = [{**fixed, **point} for point in sample_space(spec.space, samples, seed=spec.study.seed)]
+        self.pricer = TrialPricer(model, self.base)
+        self.search_images = (split_size(self.base, self.base.train_split), split_size(self.base, self.base.val_split))
+        self.final_images = (split_size(self.base, spec.finalize.train_split),
+                             split_size(self.base, spec.finalize.val_split))
+        self.saving = PRUNER_SAVING.get(spec.pruner.type, 1.0)
+        self._trial_costs = [self.pricer.seconds(point) for point in self.points]
+        self._seeded = [self.pricer.seconds({**fixed, **values}) for values, _ in spec.seeded_trials()]
+
+    # --- the search
+
+    @property
+    def share_not_fitting(self) -> float:
+        return sum(cost == 0.0 for cost in self._trial_costs) / len(self._trial_costs)
+
+    @property
+    def cheapest_trial_seconds(self) -> float:
+        """The cheapest trial that fits, sampled or seeded: below this, no trial can start."""
+        return min((cost for cost in [*self._trial_costs, *self._seeded] if cost > 0), default=0.0)
+
+    @property
+    def one_trial_hours(self) -> float:
+        """The first trial's cost (the baseline's, else the average one): what a budget must at least hold."""
+        fitting = [cost for cost in self._seeded if cost > 0]
+        return (fitting[0] if fitting else _mean_fitting(self._trial_costs)) / 3600
+
+    def search_row(self, trials: int) -> Row:
+        seeded = self._seeded[:trials]
+        sampled = trials - len(seeded)
+        expected, highest = _mean_fitting(self._trial_costs), max(self._trial_costs)
+        hours = (sum(seeded) + sampled * expected) * self.saving / 3600
+        hours_max = (sum(seeded) + sampled * highest) * self.saving / 3600
+        pruner = self.spec.pruner.type
+        saving = (f"x {self.saving:g} for {pruner} (measured on the demo study: docs/performance.md)"
+                  if pruner in PRUNER_SAVING else f"x 1: no measured saving for the {pruner} pruner")
+        note = (f"{len(seeded)} seeded + {sampled} sampled at {expected / 3600:.3g} h expected each, {saving}; "
+                f"{self.share_not_fitting:.0%} of the space predicted not to fit (ends at once, costs nothing)")
+        return Row("search", trials, 1, self.base.epochs, hours, hours_max, note)
+
+    # --- finalize
+
+    @functools.cached_property
+    def _rows(self) -> dict[str, tuple[_RunCost, int]]:
+        """Per finalize row: the cost of one of its runs, and how many configurations it holds
+        ("top": as many as top_k says)."""
+        rows: dict[str, tuple[_RunCost, int]] = {}
+        options = self.spec.finalize
+        rows["top"] = (self._space_cost({}), options.top_k)
+        if self.spec.baseline:
+            rows["baseline"] = (self._point_cost({**self.base.to_dict(), **self.spec.baseline}), 1)
+        r101 = self._space_cost({"backbone": FINALIZE_BACKBONE})
+        rows["ResNet-101, ImageNet-pretrained"] = (r101, 1)
+        scratch = options.scratch.epochs_multiplier
+        rows[f"ResNet-101, from scratch (x{scratch:g} epochs)"] = (dataclasses.replace(
+            r101, per_epoch=r101.per_epoch * scratch, per_epoch_max=r101.per_epoch_max * scratch), 1)
+        for field, values in options.ablation.items():
+            costs = [self._space_cost({field: value}) for value in values]
+            count = max(0, len(values) - 1)  # the best configuration's own value is one of them
+            rows[f"ablation of {field} ({', '.join(map(str, values))})"] = (_average(costs), count)
+        return rows
+
+    def _space_cost(self, override: Mapping[str, Any]) -> _RunCost:
+        """One run of a configuration of the space (those that fit) with `override`: expected and highest."""
+        costs = [self._point_cost({**point, **override}) for point in self.points]
+        fitting = [cost for cost in costs if cost.fits] or costs
+        return _RunCost(sum(c.per_epoch for c in fitting) / len(fitting), sum(c.fixed for c in fitting) / len(fitting),
+                        max(c.per_epoch for c in fitting), max(c.fixed for c in fitting),
+                        max(c.checkpoint_bytes for c in fitting), any(c.fits for c in costs))
+
+    def _point_cost(self, config: Mapping[str, Any]) -> _RunCost:
+        prediction = self.model.predict(config)
+        (train, _), (val, _) = self.final_images
+        per_epoch = train * prediction.train_seconds_per_image
+        fixed = config["eval_points"] * val * prediction.eval_seconds_per_image
+        if not prediction.fits:
+            per_epoch = fixed = 0.0
+        return _RunCost(per_epoch, fixed, per_epoch, fixed, checkpoint_bytes(config), prediction.fits)
+
+    def finalize_rows(self, top_k: int | None = None, seeds: Sequence[int] | None = None,
+                      epochs: float | None = None) -> list[Row]:
+        """The finalize rows (the spec's [finalize] unless given), hours predicted for each."""
+        options = self.spec.finalize
+        top_k = options.top_k if top_k is None else top_k
+        seeds = tuple(options.seeds if seeds is None else seeds)
+        epochs = options.epochs if epochs is None else epochs
+        rows = []
+        for name, (cost, count) in self._rows.items():
+            if name == "top":
+                name, count = f"top-{top_k} configurations", top_k
+            runs = count * len(seeds)
+            note = "" if cost.fits else "predicted not to fit the device: not counted"
+            rows.append(Row(name, count, len(seeds), epochs, runs * cost.seconds(epochs) / 3600,
+                            runs * cost.seconds(epochs, highest=True) / 3600, note))
+        return rows
+
+    # --- the whole study
+
+    def plan(self, trials: int | None = None, top_k: int | None = None, seeds: Sequence[int] | None = None,
+             epochs: float | None = None) -> Plan:
+        """The bill of the study with these sizes (the spec's own where not given)."""
+        options = self.spec.finalize
+        trials = self.spec.study.trials if trials is None else trials
+        top_k = options.top_k if top_k is None else top_k
+        seeds = tuple(options.seeds if seeds is None else seeds)
+        epochs = options.epochs if epochs is None else epochs
+        rows = (self.search_row(trials), *self.finalize_rows(top_k, seeds, epochs))
+        return Plan(trials, top_k, seeds, epochs, rows, self._disk(rows), self._notes())
+
+    def _disk(self, rows: Sequence[Row]) -> Disk:
+        checkpoint = max(checkpoint_bytes(point) for point in self.points)
+        final = 0
+        for row, (cost, _) in zip(rows[1:], self._rows.values()):
+            final += row.runs * row.seeds * cost.checkpoint_bytes
+        return Disk(self.spec.study.output_dir, checkpoint, self.spec.study.keep_checkpoints * checkpoint,
+                    self.workers * 2 * checkpoint, final, _free_bytes(self.spec.study.output_dir))
+
+    def _notes(self) -> tuple[str, ...]:
+        (train, train_from), (val, val_from) = self.search_images
+        (final_train, final_from), (final_val, _) = self.final_images
+        probe = self.model.probe
+        return (f"device: {probe.device} (probe of {probe.created}, torch {probe.torch}); the hours are predictions "
+                f"from the probe's corners, not measurements of whole runs",
+                f"search trials: {train} train images ({train_from}), {val} to select on; final runs: "
+                f"{final_train} train images ({final_from}), {final_val} evaluated",
+                f"memory limit {probe.memory_limit_bytes / 2 ** 30:.1f} GiB ({probe.memory_limit_source})")
+
+
+def _mean_fitting(costs: Sequence[float]) -> float:
+    fitting = [cost for cost in costs if cost > 0]
+    return sum(fitting) / len(fitting) if fitting else 0.0
+
+
+def _average(costs: Sequence[_RunCost]) -> _RunCost:
+    count = max(1, len(costs))
+    return _RunCost(sum(c.per_epoch for c in costs) / count, sum(c.fixed for c in costs) / count,
+                    max((c.per_epoch_max for c in costs), default=0.0), max((c.fixed_max for c in costs), default=0.0),
+                    max((c.checkpoint_bytes for c in costs), default=0), all(c.fits for c in costs))
+
+
+def _free_bytes(directory: Path) -> int | None:
+    """Free bytes on the file system that holds (or will hold) `directory`."""
+    for candidate in (directory, *directory.absolute().parents):
+        if candidate.exists():
+            return shutil.disk_usage(candidate).free
+    return None
+
+
+def finalize_rows(spec: StudySpec, model: CostModel, top_k: int | None = None, seeds: Sequence[int] | None = None,
+                  epochs: float | None = None) -> list[Row]:
+    """What hpo.finalize will cost, row by row (for its plan and --dry-run)."""
+    return Estimator(spec, model).finalize_rows(top_k, seeds, epochs)
+
+
+
+def describe(plan: Plan, unit: str) -> str:
+    """The bill as a table whose rows add up to its total, then its notes and the disk it needs."""
+    rows = [[row.name, row.runs, row.seeds, f"{row.epochs:g}", f"{row.hours:.3g}", f"{row.hours_max:.3g}"]
+            for row in plan.rows]
+    rows.append(["total", "", "", "", f"{plan.total_hours:.3g}", f"{sum(r.hours_max for r in plan.rows):.3g}"])
+    disk = plan.disk
+    free = f", {_gb(disk.free_bytes)} free there now" if disk.free_bytes is not None else ""
+    return "\n".join([
+        markdown_table(["", "trials / configurations", "seeds", "epochs", unit, "at most"], rows), "",
+        *(f"- {row.name}: {row.note}" for row in plan.rows if row.note),
+        *(f"- {note}" for note in plan.notes),
+        f"- disk, in {disk.directory}: {_gb(disk.total_bytes)} at the peak = {_gb(disk.kept_bytes)} kept checkpoints "
+        f"+ {_gb(disk.running_bytes)} for running trials + {_gb(disk.final_bytes)} for the final runs "
+        f"({_gb(disk.checkpoint_bytes)} a search checkpoint){free}"])
+
+
+def _gb(count: int) -> str:
+    return f"{count / 1e9:.2f} GB"

@@ -1,0 +1,164 @@
+"""hpo.plan: the probe of a study's cost corners, the bill it predicts, the budget cut, and bad input.
+
+The bill's arithmetic is checked on studies/demo.toml with a hand-written probe (every
+configuration at 10 training images/s), so every figure is known in advance; the probe
+itself is measured once, on a tiny spec, with one step per corner.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hpo import probe
+from hpo.cost import CostModel
+from hpo.estimate import Estimator
+from hpo.plan import main
+from hpo.spec import load_spec
+from search_helpers import CHEAP_TRAIN, REPO, write_probe, write_spec
+from segtrain.cli import run
+
+DEMO = REPO / "studies" / "demo.toml"
+SECONDS_PER_IMAGE = 0.1  # training; evaluation a hundredth of it (write_probe)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("plan")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(directory)
+        yield directory
+
+
+@pytest.fixture(scope="module")
+def demo(workdir):
+    """studies/demo.toml planned in its own output dir, on a probe where everything trains at 10 images/s."""
+    output_dir = workdir / "demo"
+    write_probe(DEMO, lambda corner: SECONDS_PER_IMAGE, output_dir=output_dir)
+    spec = load_spec(DEMO).with_output_dir(output_dir)
+    return spec, Estimator(spec, CostModel(probe.load(probe.probe_path(spec))))
+
+
+def plan_argv(*extra: str) -> list[str]:
+    return ["--study", str(DEMO), "--output-dir", "demo", *extra]
+
+
+def test_demo_plan_rows_add_up_to_the_total(demo, capsys):
+    spec, estimator = demo
+    assert run(main, plan_argv(), prog="hpo.plan") == 0
+    out = capsys.readouterr().out
+    plan = estimator.plan()
+    # demo: a trial trains 1 epoch of train_aug_search (80 images) and evaluates 4 times on holdout (16);
+    # finalize trains 1.25 epochs of train_aug (96) and evaluates 4 times on val (16), 3 seeds
+    trial = 80 * SECONDS_PER_IMAGE + 4 * 16 * SECONDS_PER_IMAGE / 100
+    final = 1.25 * 96 * SECONDS_PER_IMAGE + 4 * 16 * SECONDS_PER_IMAGE / 100
+    assert [(row.name, row.runs, row.seeds) for row in plan.rows] == [
+        ("search", 40, 1), ("top-4 configurations", 4, 3), ("baseline", 1, 3),
+        ("ResNet-101, ImageNet-pretrained", 1, 3), ("ResNet-101, from scratch (x1 epochs)", 1, 3),
+        ("ablation of output_stride (8, 16)", 1, 3)]  # one value besides the best's own
+    assert [row.hours * 3600 for row in plan.rows] == pytest.approx(
+        [40 * trial * 0.52, 12 * final, 3 * final, 3 * final, 3 * final, 3 * final])  # 0.52: halving's saving
+    assert plan.total_hours == pytest.approx(sum(row.hours for row in plan.rows))
+    printed = {line.split("|")[1].strip(): line.split("|")[5].strip() for line in out.splitlines()
+               if line.startswith("| ") and line.count("|") == 7}
+    assert printed["total"] == f"{plan.total_hours:.3g}"
+    assert all(printed[row.name] == f"{row.hours:.3g}" for row in plan.rows)
+    assert "probe of test device (reused" in out and "disk, in demo:" in out
+    assert "0% of the space predicted not to fit" in out
+
+
+def test_a_budget_cut_proposes_a_spec_that_parses_and_fits(demo, workdir, capsys):
+    """The demo with a 4-epoch finalize, so that the cut's first knob has room to move."""
+    spec, estimator = demo
+    long = workdir / "demo-long.toml"
+    text = DEMO.read_text()
+    long.write_text(text.replace("\nepochs = 1.25\n", "\nepochs = 4.0\n", 1))
+    assert load_spec(long).finalize.epochs == 4.0
+    estimator = Estimator(load_spec(long).with_output_dir(spec.study.output_dir), estimator.model)
+    budget = 0.55 * estimator.plan().total_hours
+    out_path = workdir / "demo-cut.toml"
+    argv = ["--study", str(long), "--output-dir", "demo", "--budget-hours", f"{budget:.6f}"]
+    assert run(main, [*argv, "--out", str(out_path)], prog="hpo.plan") == 0
+    assert f"wrote {out_path}" in capsys.readouterr().out
+    cut = load_spec(out_path).with_output_dir(spec.study.output_dir)
+    replanned = Estimator(cut, estimator.model).plan()
+    assert replanned.total_hours <= budget
+    # the order: finalize epochs first, down to half the spec's (and twice a trial's); seeds and top_k are at
+    # their floors already (3 and 4); then trials, as few as needed: one more would not fit
+    assert (cut.finalize.epochs, cut.finalize.seeds, cut.finalize.top_k) == (2.0, (0, 1, 2), 4)
+    assert 20 <= cut.study.trials < 40
+    assert Estimator(cut, estimator.model).plan(trials=cut.study.trials + 1).total_hours > budget
+    assert cut.study.budget_hours == pytest.approx(budget - replanned.finalize_hours, abs=0.011)
+    original, written = long.read_text().splitlines(), out_path.read_text().splitlines()
+    assert [line for line in original if line.lstrip().startswith("#")] == \
+           [line for line in written if line.lstrip().startswith("#")]  # the comments are kept
+    assert run(main, argv, prog="hpo.plan") == 0
+    assert "cut [finalize] epochs 4 -> 2; trials 40 ->" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--budget-hours", "0"], "argument --budget-hours: must be a number of hours > 0, got '0'"),
+    (["--budget-hours", "-3"], "argument --budget-hours: must be a number of hours > 0, got '-3'"),
+    (["--budget-hours", "0.0001"], "--budget-hours 0.0001: smaller than one trial (0.00224 h on test device)"),
+    (["--budget-hours", "0.0001", "--out", "x.toml"], "smaller than one trial"),
+    (["--budget-hours", "1", "--out", str(DEMO)], "that is the study's own spec"),
+    (["--out", "x.toml"], "--out: writes the plan that --budget-hours proposes"),
+    (["--memory-limit-gb", "none"], "argument --memory-limit-gb: must be a number of GiB > 0"),
+])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(argv, words, demo, workdir, capsys):
+    spec, _ = demo
+    before = probe.probe_path(spec).read_bytes()
+    capsys.readouterr()
+    assert run(main, plan_argv(*argv), prog="hpo.plan") == 2
+    out, err = capsys.readouterr()
+    assert words in err and err.count("\n") == 1 and "hpo.plan: error: " in err and not out, err
+    assert probe.probe_path(spec).read_bytes() == before and not (workdir / "x.toml").exists()
+
+
+def test_an_unreadable_probe_file_is_one_line_and_left_as_it_is(workdir, capsys):
+    broken = workdir / "broken" / probe.PROBE_FILE
+    broken.parent.mkdir()
+    for text, words in [('{"schema": 1, "corners": [', "not JSON"), ('{"schema": 99}', "schema 99, expected 1"),
+                        ('{"schema": 1, "device": "x"}', "KeyError")]:
+        broken.write_text(text)
+        assert run(main, ["--study", str(DEMO), "--output-dir", "broken"], prog="hpo.plan") == 2
+        err = capsys.readouterr().err
+        assert f"broken/probe.json: unreadable probe file ({words}" in err and err.count("\n") == 1, err
+        assert f"python -m hpo.plan --study {DEMO} --reprobe" in err
+        assert broken.read_text() == text
+
+
+def test_the_probe_measures_every_corner_and_is_reused(workdir, capsys):
+    """One step per corner of a tiny ResNet-101 study (finalize trains ResNet-101 too) at batch 2 and 4,
+    told that the machine has 10 MiB: the batch-2 corner (the baseline's too) runs, and the batch-4 one,
+    which it predicts to need more, is not run, as running out of memory on a CPU kills the process."""
+    torch.set_num_threads(1)
+    spec_path = write_spec(workdir, "tiny", workdir / "cache", train=CHEAP_TRAIN + 'backbone = "resnet101"\n',
+                           space='lr = {type = "float", low = 1e-3, high = 1e-1, log = true}\n'
+                                 'batch_size = {type = "categorical", choices = [2, 4]}',
+                           baseline="lr = 0.02\nbatch_size = 2", pruner='type = "none"')
+    argv = ["--study", str(spec_path), "--probe-steps", "1", "--memory-limit-gb", str(10 / 1024)]
+    assert run(main, argv, prog="hpo.plan") == 0
+    out = capsys.readouterr().out
+    path = workdir / "runs" / "tiny" / probe.PROBE_FILE
+    written = json.loads(path.read_text())
+    assert written["schema"] == 1 and written["device"].startswith("cpu") and written["torch"] == torch.__version__
+    assert (written["memory_limit_bytes"], written["memory_limit_source"]) == (10 * 2 ** 20, "--memory-limit-gb")
+    assert written["settings"]["steps"] == 1 and written["settings"]["key"] == probe.settings_key(load_spec(spec_path))
+    small, large, evaluation = written["corners"]
+    assert {key: small[key] for key in ("kind", "backbone", "output_stride", "crop_size", "batch_size", "aux_loss",
+                                        "optimizer")} == {"kind": "train", "backbone": "resnet101", "output_stride": 16,
+                                                          "crop_size": 33, "batch_size": 2, "aux_loss": False,
+                                                          "optimizer": "sgd"}
+    assert (evaluation["kind"], evaluation["crop_size"], evaluation["batch_size"]) == ("eval", 32, 8)  # val images
+    for corner in (small, evaluation):
+        assert corner["images_per_second"] > 0 and corner["peak_memory_bytes"] > 0 and corner["out_of_memory"] is None
+        assert corner["parameters"] > 40_000_000  # ResNet-101 DeepLabV3
+    assert small["flops_per_image"] > 1e9 and evaluation["flops_per_image"] == 0
+    assert large["batch_size"] == 4 and large["images_per_second"] is None
+    assert large["out_of_memory"].startswith("not run on the CPU: the smaller corners predict ~")
+    assert "probe of cpu" in out and "(measured," in out and "100% of the space predicted not to fit" in out
+    assert run(main, argv[:2], prog="hpo.plan") == 0  # same corners: the file is reused as it is
+    assert "(reused," in capsys.readouterr().out and json.loads(path.read_text()) == written
