@@ -155,11 +155,8 @@ def result(name: str, value: float, op: str, goal: float | str) -> None:
 
 def write_voc_pairs(out_dir: Path, count: int, width: int, height: int, seed: int = 0,
                     classes: int = 20) -> Path:
-    """A VOC2012-layout tree (split `train`) of `count` JPEG + paletted-PNG pairs of any size.
-
-    segtrain's synthetic generator draws square scenes; VOC photos are mostly 500x375,
-    so its scenes are drawn at max(width, height) and cut to size.
-    """
+    """A VOC2012-layout tree (split `train`) of `count` JPEG + paletted-PNG pairs, every one
+    width x height: segtrain's synthetic scenes at one fixed size (VOC photos are mostly 500x375)."""
     from segtrain.data.labels import VOC_PALETTE
     from segtrain.data.synthetic import render_scene
 
@@ -168,10 +165,10 @@ def write_voc_pairs(out_dir: Path, count: int, width: int, height: int, seed: in
         (voc_dir / sub).mkdir(parents=True, exist_ok=True)
     ids = [f"bench_{index:06d}" for index in range(count)]
     for index, image_id in enumerate(ids):
-        image, mask = render_scene(np.random.default_rng([seed, index]), max(width, height),
+        image, mask = render_scene(np.random.default_rng([seed, index]), (height, width),
                                    list(range(1, classes + 1)))
-        PIL.Image.fromarray(image[:height, :width]).save(voc_dir / "JPEGImages" / f"{image_id}.jpg", quality=90)
-        png = PIL.Image.fromarray(np.ascontiguousarray(mask[:height, :width]))
+        PIL.Image.fromarray(image).save(voc_dir / "JPEGImages" / f"{image_id}.jpg", quality=90)
+        png = PIL.Image.fromarray(mask)
         png.putpalette(VOC_PALETTE)
         png.save(voc_dir / "SegmentationClass" / f"{image_id}.png")
     (voc_dir / "ImageSets" / "Segmentation" / "train.txt").write_text("".join(f"{i}\n" for i in ids))

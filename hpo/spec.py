@@ -335,7 +335,7 @@ def _scratch_settings(recipe: ScratchRecipe) -> dict[str, Any]:
 def _describe_data(config: TrainConfig) -> str:
     if config.synthetic:
         return (f"Synthetic VOC-format data, made on first use: {config.synthetic_train_images} train / "
-                f"{config.synthetic_val_images} val images of {config.synthetic_image_size} px, "
+                f"{config.synthetic_val_images} val images up to {config.synthetic_image_size} px on the long side, "
                 f"{config.synthetic_classes} object classes (seed {config.synthetic_seed}).")
     return (f"Pascal VOC 2012 at `{config.data_root or '$VOC_ROOT'}`: trained on `{config.train_split}`, "
             f"evaluated on `{config.val_split}`.")

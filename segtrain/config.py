@@ -14,12 +14,14 @@ import dataclasses
 import difflib
 import json
 import re
+import tomllib
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from segtrain.errors import ConfigError
+from segtrain.errors import ConfigError, UserError
 
 BACKBONES = ("resnet50", "resnet101")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -40,7 +42,7 @@ class TrainConfig:
     synthetic: bool = False  # make (or reuse) a synthetic VOC-format set under data_root or the cache dir
     synthetic_train_images: int = 96
     synthetic_val_images: int = 24
-    synthetic_image_size: int = 96
+    synthetic_image_size: int = 96  # the longest side; scenes are 4:3 or 3:4 at this or 7/8 or 3/4 of it
     synthetic_classes: int = 5  # object classes used, 1-20
     synthetic_seed: int = 0
     # --- model
@@ -146,6 +148,23 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return self.from_dict({**self.to_dict(), **changes})
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Values from a TOML file or a run's config.json, validated on their own so an
+    error names the file rather than a flag."""
+    try:
+        text = path.read_text()
+        values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except OSError as error:
+        raise UserError(f"{path}: cannot read ({error.strerror})") from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path}: not valid {path.suffix.lstrip('.').upper()} ({error})") from None
+    try:
+        TrainConfig.from_dict(values)
+    except ConfigError as error:
+        raise UserError(f"{path}: {error}") from None
+    return values
 
 
 def field_names() -> list[str]:

@@ -21,7 +21,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -38,13 +38,14 @@ from segtrain.config import TrainConfig
 from segtrain.data import voc_dir_for
 from segtrain.data.transforms import eval_transform, train_transform
 from segtrain.data.labels import IGNORE_INDEX, NUM_CLASSES
-from segtrain.data.voc import VOCSegmentation, pad_collate
+from segtrain.data.voc import VOCSegmentation
 from segtrain.distributed import (ProcessGroup, as_one_batch, join_process_group, leave_process_group,
                                   main_process_first, on_main_process)
-from segtrain.errors import ConfigError, UserError
+from segtrain.device import amp_dtype_for, autocast, resolve_device
+from segtrain.errors import ConfigError, UserError, unwrap_worker_errors
+from segtrain.evaluation import CHECKPOINT, PRESETS, evaluate_model
 from segtrain.fileio import write_atomic, write_json_atomic
 from segtrain.memory import peak_memory_bytes, reset_peak_memory
-from segtrain.metrics import ConfusionMatrix, Scores
 from segtrain.model import build_model, count_parameters
 from segtrain.optim import build_optimizer, build_schedule, decay_branch_lrs
 from segtrain.sampling import TrainStream
@@ -53,7 +54,6 @@ log = logging.getLogger(__name__)
 
 AUX_LOSS_WEIGHT = 0.4
 SYNC_EVERY = 10  # steps between host syncs to read the loss (a sync every step stalls a GPU)
-CHECKPOINT = "checkpoint.pt"
 # fields that may differ between a checkpoint and the run resuming it
 RUNTIME_FIELDS = {"data_root", "device", "workers"}
 
@@ -94,6 +94,7 @@ class TrainResult:
     peak_memory_bytes: int  # this run's: CUDA, the allocator's peak reserved; CPU, peak resident set (segtrain.memory)
     parameters: int
     branch_steps: int = 0  # steps trained in decay branches (wsd), besides `steps`
+    eval_protocol: str | None = None  # how the mIoU figures were evaluated: segtrain.evaluation.Protocol.name
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "config": self.config.to_dict()}
@@ -144,27 +145,11 @@ class Budget:
                    cfg.batch_size // world_size, decay, branches)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", f"{name} requested but CUDA is not available here; use cpu or auto")
-    return device
-
-
 def changed_fields(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     """The fields, runtime ones aside, in which a checkpoint's config differs from `cfg`. A field
     added since the checkpoint was written counts as its default, which is what that run did."""
     saved = {**TrainConfig().to_dict(), **saved}
     return sorted(k for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS and saved[k] != v)
-
-
-def amp_dtype_for(device: torch.device) -> torch.dtype | None:
-    """Mixed precision on CUDA: bfloat16 where the GPU has it, else float16 (with a GradScaler)."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def train(cfg: TrainConfig, on_eval: Callable[[EvalResult], None] | None = None,
@@ -357,14 +342,10 @@ class _Run:
         return result
 
     def evaluate_point(self, loss: float) -> EvalResult:
-        loader = DataLoader(Subset(self.val_set, range(self.group.rank, len(self.val_set),
-                                                        self.group.world_size)),
-                            batch_size=self.cfg.eval_batch_size, collate_fn=pad_collate,
-                            num_workers=self.cfg.workers, pin_memory=self.cuda,
-                            generator=torch.Generator())  # its seed draw must not move the global RNG
         # the bare model: DDP's forward would broadcast buffers, a collective that ranks
         # with fewer val batches than rank 0 would never join
-        scores = evaluate(self.bare_model(), loader, self.device, self.amp_dtype)
+        scores = evaluate_model(self.bare_model(), self.val_set, self.device, batch_size=self.cfg.eval_batch_size,
+                                workers=self.cfg.workers, amp_dtype=self.amp_dtype, progress=self.group.is_main)
         images_seen = self.step * self.cfg.batch_size
         result = EvalResult(
             point=self.budget.eval_steps.index(self.step) + 1, step=self.step,
@@ -386,7 +367,8 @@ class _Run:
             mean_class_accuracy=last.mean_class_accuracy, history=self.history,
             steps=self.step, seconds=self.elapsed(), images_per_second=self.images_per_second(),
             peak_memory_bytes=peak_memory_bytes(self.device), parameters=self.parameters,
-            branch_steps=sum(h.decay_steps for h in self.history))
+            branch_steps=sum(h.decay_steps for h in self.history),
+            eval_protocol=PRESETS["ss"].for_run(self.cfg.output_stride).name)
         if self.writes:
             write_json_atomic(self.run_dir / "result.json", result.to_dict())
         return result
@@ -400,9 +382,7 @@ class _Run:
         return self.step * self.cfg.batch_size / self.train_seconds if self.train_seconds else 0.0
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return autocast(self.amp_dtype)
 
     def bare_model(self) -> nn.Module:
         return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
@@ -456,38 +436,6 @@ class _Run:
         self.elapsed_before = state["elapsed_seconds"]
         if self.group.is_main:
             log.info("resumed from %s at step %d/%d", path, self.step, self.budget.total_steps)
-
-
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
-             amp_dtype: torch.dtype | None = None) -> Scores:
-    """mIoU etc. over everything `loader` yields (summed over processes under DDP)."""
-    model.eval()
-    matrix = ConfusionMatrix(NUM_CLASSES, device=device, ignore_index=IGNORE_INDEX)
-    autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-    with torch.inference_mode(), autocast:
-        for images, masks in unwrap_worker_errors(loader):
-            images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
-            matrix.update(model(images)["out"].argmax(dim=1), masks.to(device, non_blocking=True))
-    matrix.all_reduce()
-    return matrix.compute()
-
-
-def unwrap_worker_errors(loader: DataLoader) -> Iterator[Any]:
-    """The batches of `loader`, where a UserError raised in a worker process (a corrupt
-    file found at decode time) arrives as the one-line error it was.
-
-    PyTorch re-raises a worker's exception here as `type(error)(text)`, where text is
-    the worker's formatted traceback (torch._utils.ExceptionWrapper), ending in
-    "<module>.<type>: <message>"; the message is what the user needs.
-    """
-    try:
-        yield from loader
-    except UserError as error:
-        kind = type(error)
-        _, last_line_start, message = str(error).rpartition(f"\n{kind.__module__}.{kind.__qualname__}: ")
-        if not last_line_start:  # raised in this process: already the message itself
-            raise
-        raise kind(message.strip()) from None
 
 
 def _tensor_bytes(value: Any) -> int:

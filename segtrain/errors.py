@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from typing import Any
+
 
 class UserError(Exception):
     """Bad input (data, config, spec, flag): message says what and how to fix it."""
@@ -37,3 +40,21 @@ class DiskFull(UserError):
 
 def _size(count: int) -> str:
     return f"{count / 2 ** 20:.0f} MiB" if count >= 2 ** 20 else f"{count} bytes"
+
+
+def unwrap_worker_errors(batches: Iterable[Any]) -> Iterator[Any]:
+    """The batches of a DataLoader, where a UserError raised in a worker process (a corrupt
+    file found at decode time) arrives as the one-line error it was.
+
+    PyTorch re-raises a worker's exception here as `type(error)(text)`, where text is
+    the worker's formatted traceback (torch._utils.ExceptionWrapper), ending in
+    "<module>.<type>: <message>"; the message is what the user needs.
+    """
+    try:
+        yield from batches
+    except UserError as error:
+        kind = type(error)
+        _, last_line_start, message = str(error).rpartition(f"\n{kind.__module__}.{kind.__qualname__}: ")
+        if not last_line_start:  # raised in this process: already the message itself
+            raise
+        raise kind(message.strip()) from None

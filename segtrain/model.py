@@ -111,6 +111,23 @@ def load_backbone_weights(resnet: nn.Module, state: dict[str, torch.Tensor], sou
         raise WeightsError(f"{source}: does not fit this backbone: " + "; ".join(problems))
 
 
+def state_dict_problems(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> list[str]:
+    """What keeps `given` from loading where `expected` is: missing, unexpected and mis-shaped keys,
+    a few of each named (empty when it fits)."""
+    problems = []
+    missing = sorted(expected.keys() - given.keys())
+    unexpected = sorted(given.keys() - expected.keys())
+    if missing:
+        problems.append(f"missing {len(missing)} keys ({_preview(missing)})")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} keys ({_preview(unexpected)})")
+    mismatched = [f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}"
+                  for k, v in expected.items() if k in given and given[k].shape != v.shape]
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches ({_preview(mismatched)})")
+    return problems
+
+
 def _preview(items: list[str], limit: int = 3) -> str:
     more = f", ... {len(items) - limit} more" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more

@@ -29,7 +29,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from segtrain.config import TrainConfig
 from segtrain.data.labels import NUM_CLASSES
 from segtrain.distributed import ProcessGroup
-from segtrain.engine import AUX_LOSS_WEIGHT, _Run, amp_dtype_for, evaluate
+from segtrain.device import amp_dtype_for
+from segtrain.engine import AUX_LOSS_WEIGHT, _Run
+from segtrain.evaluation import score_batches
 from segtrain.memory import peak_memory_bytes, release_freed_memory, reset_peak_memory, resident_bytes
 from segtrain.model import build_model, count_parameters
 
@@ -84,8 +86,9 @@ def measure_training(cfg: TrainConfig, steps: int, device: torch.device, cache_r
 
 
 def measure_evaluation(cfg: TrainConfig, image_size: int, batches: int, device: torch.device) -> Throughput:
-    """Forward passes as `engine.evaluate` runs them: `batches` batches of cfg.eval_batch_size
-    images of `image_size` pixels a side (after one warm-up batch), confusion matrix included."""
+    """Forward passes as the engine's evaluation runs them (segtrain.evaluation, single scale):
+    `batches` batches of cfg.eval_batch_size images of `image_size` pixels a side (after one
+    warm-up batch), confusion matrix included."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(cfg.eval_batch_size, 3, image_size, image_size, generator=generator)
     masks = torch.randint(0, NUM_CLASSES, (cfg.eval_batch_size, image_size, image_size), generator=generator)
@@ -96,10 +99,10 @@ def measure_evaluation(cfg: TrainConfig, image_size: int, batches: int, device: 
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.backbone, cfg.output_stride, NUM_CLASSES, None, cfg.aux_loss)
         model = model.to(device, memory_format=torch.channels_last)
-        evaluate(model, [(images, masks)], device, amp_dtype)
+        score_batches(model, [(images, masks)], device, amp_dtype=amp_dtype)
         _synchronize(device)
         start = time.perf_counter()
-        evaluate(model, [(images, masks)] * batches, device, amp_dtype)  # returns host values: synchronised
+        score_batches(model, [(images, masks)] * batches, device, amp_dtype=amp_dtype)  # host values: synchronised
         seconds = time.perf_counter() - start
         return Throughput(batches * cfg.eval_batch_size / seconds, _peak_memory(device, baseline))
     except torch.OutOfMemoryError as error:

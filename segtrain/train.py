@@ -9,20 +9,17 @@ Several processes: `torchrun --nproc_per_node=N -m segtrain.train ...`, where
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from segtrain.cli import ArgumentParser, run
-from segtrain.config import TrainConfig, field_names, field_type
+from segtrain.config import TrainConfig, field_names, field_type, read_config_file
 from segtrain.distributed import launched_rank
 from segtrain.engine import TrainResult, train
-from segtrain.errors import ConfigError, UserError
+from segtrain.errors import UserError
 
 HELP = {
     "data_root": "VOC root: the folder holding VOCdevkit/, VOCdevkit/ or VOC2012/ (default: $VOC_ROOT); "
@@ -59,23 +56,6 @@ def build_parser() -> ArgumentParser:
             fields.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=name.upper(),
                                 help=text)
     return parser
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """Values from a TOML file or a run's config.json, validated on their own so an
-    error names the file rather than a flag."""
-    try:
-        text = path.read_text()
-        values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except OSError as error:
-        raise UserError(f"{path}: cannot read ({error.strerror})") from None
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"{path}: not valid {path.suffix.lstrip('.').upper()} ({error})") from None
-    try:
-        TrainConfig.from_dict(values)
-    except ConfigError as error:
-        raise UserError(f"{path}: {error}") from None
-    return values
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Shared fixtures: the two real VOC pairs kept in the repo, a small synthetic VOC set, a PostgreSQL server."""
+"""Shared fixtures: the two real VOC pairs kept in the repo, a small synthetic VOC set, a PostgreSQL server,
+and a seeded random DeepLabV3."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 from segtrain.data.synthetic import write_synthetic_voc
+from segtrain.model import build_model
 
 VOC_SAMPLE = Path(__file__).parent / "data" / "voc_sample"  # folder holding VOCdevkit/; counts in its README
 
@@ -21,6 +25,23 @@ VOC_SAMPLE = Path(__file__).parent / "data" / "voc_sample"  # folder holding VOC
 def synthetic_voc(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """VOC2012 dir of a small synthetic set (8 train, 4 val, 64x64, 5 classes); do not modify it."""
     return write_synthetic_voc(tmp_path_factory.mktemp("synthetic"), train=8, val=4, size=64, classes=5, seed=0)
+
+
+def random_deeplab(output_stride: int = 16, seed: int = 0) -> nn.Module:
+    """A ResNet-50 DeepLabV3 in eval mode, every weight and BatchNorm statistic drawn from `seed`: untrained,
+    yet its predictions vary from pixel to pixel (a fresh model's identity blocks and unit statistics would not)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model("resnet50", output_stride, 21, None)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.copy_(torch.rand(module.weight.shape, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
+                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+    return model.eval()
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ def run_quick(name: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_benchmarks_are_there():
-    assert {"train_loop", "data_pipeline", "metrics", "scaling", "pruning"} <= set(SCRIPTS)
+    assert {"train_loop", "data_pipeline", "metrics", "scaling", "pruning", "evaluation"} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -45,3 +45,5 @@ def test_benchmark_runs_and_ends_with_a_result_line(name: str):
     if name == "metrics":  # its figures only count if the implementations agree
         assert "confusion matrices identical: True" in done.stdout
         assert "(equal to 1e-6: True)" in done.stdout
+    if name == "evaluation":
+        assert "eval batch size 8 and 1 give the same scores: True" in done.stdout

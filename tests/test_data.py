@@ -1,4 +1,4 @@
-"""VOC on disk: root forms, splits, the real sample's counts, bad files, seeded loading, check, pad_collate."""
+"""VOC on disk: root forms, splits, the real sample's counts and sizes, bad files, seeded loading, check."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from segtrain.data.__main__ import main as data_main
 from segtrain.data.check import check_voc
 from segtrain.data.labels import VOC_PALETTE
 from segtrain.data.transforms import train_transform
-from segtrain.data.voc import VOCSegmentation, find_voc_dir, pad_collate, read_mask, read_split_ids
+from segtrain.data.voc import VOCSegmentation, find_voc_dir, read_image_size, read_mask, read_split_ids
 from segtrain.errors import DataError
 from tests.conftest import VOC_SAMPLE
 
@@ -231,12 +231,10 @@ def test_seeded_item_is_a_function_of_index_and_seed():
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left untouched
 
 
-def test_pad_collate_pads_bottom_right_with_0_and_255():
-    small = (torch.ones(3, 2, 3), torch.full((2, 3), 4))
-    large = (torch.full((3, 4, 2), 2.0), torch.full((4, 2), 5))
-    images, masks = pad_collate([small, large])
-    assert images.shape == (2, 3, 4, 3) and masks.shape == (2, 4, 3) and masks.dtype == torch.int64
-    assert torch.equal(images[0, :, :2, :3], small[0]) and images[0, :, 2:].abs().sum() == 0
-    assert torch.equal(masks[0, :2], small[1]) and (masks[0, 2:] == 255).all()
-    assert torch.equal(images[1, :, :, :2], large[0]) and images[1, :, :, 2:].abs().sum() == 0
-    assert torch.equal(masks[1, :, :2], large[1]) and (masks[1, :, 2:] == 255).all()
+def test_image_sizes_come_from_the_jpeg_headers(tmp_path: Path):
+    dataset = VOCSegmentation(SAMPLE_VOC_DIR, "trainval")
+    assert dataset.image_sizes == [size for size, _ in SAMPLE.values()]  # (height, width), as decoded
+    not_a_jpeg = tmp_path / "broken.jpg"
+    not_a_jpeg.write_bytes(b"not a JPEG at all")
+    with pytest.raises(DataError, match=f"image {not_a_jpeg} is not a readable JPEG"):
+        read_image_size(not_a_jpeg)

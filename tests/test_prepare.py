@@ -24,10 +24,10 @@ from segtrain.data.check import check_voc
 from segtrain.data.labels import VOC_PALETTE
 from segtrain.data.prepare import prepare, read_sbd_mask
 from segtrain.data.synthetic import write_synthetic_voc
-from segtrain.data.voc import VOCSegmentation, read_split_ids, split_holdout
+from segtrain.data.voc import VOCSegmentation, image_path, read_image_size, read_split_ids, split_holdout
 from segtrain.errors import DataError, UserError
 
-SIZE = 32
+SIZE = 32  # the longest side of the synthetic images; their shapes vary (see image_area)
 
 
 def write_sbd_mat(path: Path, segmentation: np.ndarray) -> None:
@@ -72,7 +72,9 @@ def write_sbd(sbd_dir: Path, voc_dir: Path) -> tuple[dict[str, np.ndarray], dict
     rng = np.random.default_rng(0)
     masks = {}
     for image_id in splits["train"] + splits["val"]:
-        masks[image_id] = rng.integers(0, 21, (SIZE, SIZE), dtype=np.uint8)
+        # each mask the size of the JPEG it goes with: its own, or the copy of voc_train[1] made below
+        source = image_id if image_id in voc_train + voc_val else voc_train[1]
+        masks[image_id] = rng.integers(0, 21, read_image_size(image_path(voc_dir, source)), dtype=np.uint8)
         write_sbd_mat(sbd_dir / "cls" / f"{image_id}.mat", masks[image_id])
         jpeg = voc_dir / "JPEGImages" / f"{image_id}.jpg"
         if image_id.startswith("20") and image_id != "2010_999999":
@@ -92,6 +94,11 @@ def trees(tmp_path) -> Trees:
     voc_train, voc_val = read_split_ids(voc_dir, "train"), read_split_ids(voc_dir, "val")
     expected = sorted({"2008_000001", "2008_000002", "2009_000003", *voc_train})
     return Trees(tmp_path, voc_dir, sbd_dir, masks, voc_train, voc_val, expected, voc_train[0])
+
+
+def image_area(trees: Trees, image_id: str) -> int:
+    height, width = read_image_size(image_path(trees.voc_dir, image_id))
+    return height * width
 
 
 def aug_mask(trees: Trees, image_id: str) -> PIL.Image.Image:
@@ -138,7 +145,7 @@ def test_prepare_builds_train_aug(trees):
     assert len(dataset) == 6
     for index in range(len(dataset)):
         image, mask = dataset[index]
-        assert image.shape == (3, SIZE, SIZE) and mask.shape == (SIZE, SIZE)
+        assert image.shape[1:] == mask.shape and max(mask.shape) <= SIZE
 
 
 def test_prepare_cuts_train_aug_into_search_and_holdout(trees):
@@ -224,7 +231,8 @@ def test_bad_sbd_files_name_the_file(trees):
     (trees.sbd_dir / "cls" / "2008_000001.mat").write_bytes(b"not a mat file")
     with pytest.raises(DataError, match=r"cls/2008_000001\.mat is not an SBD class file"):
         prepare(trees.root, progress=False)
-    write_sbd_mat(trees.sbd_dir / "cls" / "2008_000001.mat", np.full((SIZE, SIZE), 40, np.uint8))
+    bad_values = np.full(trees.sbd_masks["2008_000001"].shape, 40, np.uint8)
+    write_sbd_mat(trees.sbd_dir / "cls" / "2008_000001.mat", bad_values)
     with pytest.raises(DataError, match=r"2008_000001\.mat: GTcls\.Segmentation holds \[40\]"):
         prepare(trees.root, progress=False)
     (trees.sbd_dir / "val.txt").unlink()
@@ -308,7 +316,8 @@ def test_check_after_prepare_finds_no_problems(trees):
     prepare(trees.root, progress=False)
     result = check_voc(trees.voc_dir, progress=False)
     assert result.problems == [] and result.absent == []
-    assert result.splits["train_aug"].images == 6 and result.splits["train_aug"].pixels.sum() == 6 * SIZE * SIZE
+    assert result.splits["train_aug"].images == 6
+    assert result.splits["train_aug"].pixels.sum() == sum(image_area(trees, i) for i in trees.train_aug)
 
 
 def test_check_reports_train_aug_gaps_and_val_overlap_one_line_each(trees):
@@ -334,7 +343,8 @@ def test_check_reports_train_aug_gaps_and_val_overlap_one_line_each(trees):
         f"with `python -m segtrain.data prepare --root {trees.root}`",
     ]
     summary = result.splits["train_aug"]
-    assert summary.images == 8 and summary.pixels.sum() == 5 * SIZE * SIZE  # the 5 ids with both files are read
+    assert summary.images == 8  # and the 5 ids with both files are read:
+    assert summary.pixels.sum() == sum(image_area(trees, i) for i in trees.voc_train + trees.voc_val)
 
 
 def test_check_cli_without_aug_masks_exits_2_with_a_count(trees, capsys):

@@ -1,4 +1,5 @@
-"""Synthetic VOC-format data: a valid tree, deterministic, void outlines, atomic and race-safe caching."""
+"""Synthetic VOC-format data: a valid tree of VOC-like sizes, deterministic, void bands along every boundary,
+atomic and race-safe caching, learnable."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+import scipy.ndimage
 
 import segtrain.data.synthetic as synthetic
 from segtrain.cli import run
@@ -37,19 +39,34 @@ def test_tree_is_valid_voc_and_loads(synthetic_voc: Path):
     assert read_split_ids(synthetic_voc, "train_aug") == read_split_ids(synthetic_voc, "train")
     for split in SPLITS:
         image, mask = VOCSegmentation(synthetic_voc, split)[0]
-        assert image.shape == (3, 64, 64) and mask.shape == (64, 64)
+        assert image.shape[1:] == mask.shape and max(mask.shape) <= 64
     with PIL.Image.open(next((synthetic_voc / "SegmentationClass").glob("*.png"))) as png:
         assert png.mode == "P" and png.getpalette() == VOC_PALETTE
 
 
-def test_masks_use_the_chosen_classes_with_void_between_regions(synthetic_voc: Path):
+def test_scenes_come_in_voc_like_sizes_and_both_orientations(tmp_path: Path):
+    voc_dir = write_synthetic_voc(tmp_path, train=24, val=1, size=64, classes=1)
+    sizes = VOCSegmentation(voc_dir, "trainval").image_sizes
+    assert {max(size) for size in sizes} == {48, 56, 64}  # the long side: the maximum, 7/8 and 3/4 of it
+    assert all(round(max(size) * 3 / 4) == min(size) for size in sizes)  # 4:3
+    landscape = sum(width > height for height, width in sizes)
+    assert len(sizes) / 2 < landscape < len(sizes)  # mostly landscape, like VOC, and some portrait
+
+
+def test_masks_use_the_chosen_classes_with_a_void_band_along_every_boundary(synthetic_voc: Path):
     pixels = check_voc(synthetic_voc, progress=False).splits["trainval"].pixels
     assert set(np.flatnonzero(pixels)) <= {0, 1, 2, 3, 4, 5, 255}
-    assert pixels[255] > 0 and pixels[1:6].sum() > pixels[255]  # objects are large, outlines thin
+    assert pixels[255] > 0 and pixels[1:6].sum() > 2 * pixels[255]  # objects are large, bands narrow
+    between_objects = []  # distances from each object to the nearest pixel of another object
     for mask in masks(synthetic_voc):
-        for first, second in ((mask[:, :-1], mask[:, 1:]), (mask[:-1], mask[1:])):
-            touching = (first != 255) & (second != 255)
-            assert (first[touching] == second[touching]).all()  # different regions always meet at void
+        for label in np.unique(mask[mask != 255]):
+            distance = scipy.ndimage.distance_transform_edt(mask != label)  # to the nearest pixel of label
+            others = (mask != label) & (mask != 255)
+            assert distance[others].min() > 3  # another region is only ever met across 3+ void pixels
+            if label > 0 and (others & (mask > 0)).any():
+                between_objects.append(distance[others & (mask > 0)].min())
+        assert (mask[0] != 255).any() and (mask[:, 0] != 255).any()  # no band along the image border
+    assert min(between_objects) < 5  # objects that touch or overlap are also kept apart by the band
 
 
 def test_twenty_classes_all_appear(tmp_path: Path):
@@ -91,8 +108,8 @@ def test_bad_parameters_name_the_key(key: str, value: int, tmp_path: Path):
 
 def test_ensure_synthetic_makes_once_then_reuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     voc_dir = ensure_synthetic(2, 1, 32, classes=3, seed=7, cache_root=tmp_path)
-    assert voc_dir == tmp_path / "synthetic-r3-t2-v1-s32-c3-seed7" / "VOCdevkit" / "VOC2012"
-    assert synthetic_set_name(2, 1, 32, 3, 7) == "synthetic-r3-t2-v1-s32-c3-seed7"
+    assert voc_dir == tmp_path / "synthetic-r4-t2-v1-s32-c3-seed7" / "VOCdevkit" / "VOC2012"
+    assert synthetic_set_name(2, 1, 32, 3, 7) == "synthetic-r4-t2-v1-s32-c3-seed7"
     monkeypatch.setattr(synthetic, "write_synthetic_voc", None)  # reuse must not write again
     assert ensure_synthetic(2, 1, 32, classes=3, seed=7, cache_root=tmp_path) == voc_dir
 

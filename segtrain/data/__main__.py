@@ -23,7 +23,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _synthetic(args: argparse.Namespace) -> int:
     voc_dir = write_synthetic_voc(args.out, args.train, args.val, args.size, args.classes, args.seed)
-    print(f"wrote {args.train} train + {args.val} val images ({args.size}x{args.size}, "
+    print(f"wrote {args.train} train + {args.val} val images (longest side up to {args.size} px, "
           f"{args.classes} classes, seed {args.seed}) to {voc_dir}")
     return 0
 
@@ -43,7 +43,8 @@ def build_parser() -> ArgumentParser:
     synthetic.add_argument("--out", required=True, help="folder to hold the new VOCdevkit/")
     synthetic.add_argument("--train", type=int, default=defaults.synthetic_train_images, help="train images")
     synthetic.add_argument("--val", type=int, default=defaults.synthetic_val_images, help="val images")
-    synthetic.add_argument("--size", type=int, default=defaults.synthetic_image_size, help="image side, pixels")
+    synthetic.add_argument("--size", type=int, default=defaults.synthetic_image_size,
+                           help="longest image side, pixels (scenes are 4:3 or 3:4, at this or 7/8 or 3/4 of it)")
     synthetic.add_argument("--classes", type=int, default=defaults.synthetic_classes,
                            help="object classes used (VOC ids 1..N), 1-20")
     synthetic.add_argument("--seed", type=int, default=defaults.synthetic_seed, help="same seed, same files")

@@ -73,5 +73,5 @@ def train_transform(crop_size: int, min_scale: float = 0.5, max_scale: float = 2
 
 
 def eval_transform() -> v2.Compose:
-    """Full images, only converted and normalised (batch them with `pad_collate`)."""
+    """Full images, only converted and normalised (segtrain.evaluation batches them by size)."""
     return v2.Compose(_to_tensors())

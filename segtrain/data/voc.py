@@ -13,6 +13,7 @@ Masks are read as the PNG's palette indices, never by mapping colours back to cl
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import warnings
@@ -33,7 +34,7 @@ from segtrain.fileio import write_text_atomic
 
 __all__ = [
     "CLASS_NAMES", "IGNORE_INDEX", "NUM_CLASSES", "SPLITS", "VOC_PALETTE", "VOCSegmentation",
-    "find_voc_dir", "image_path", "mask_dir", "mask_path", "pad_collate", "read_image", "read_mask",
+    "find_voc_dir", "image_path", "mask_dir", "mask_path", "read_image", "read_image_size", "read_mask",
     "read_pair", "read_split_ids", "require_same_size", "split_file", "split_holdout", "write_split_ids",
 ]
 
@@ -146,6 +147,17 @@ def read_image(path: Path) -> tv_tensors.Image:
     return tv_tensors.Image(image)
 
 
+def read_image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image from its header alone: PIL reads a few hundred bytes, decodes nothing."""
+    try:
+        with PIL.Image.open(path) as image:
+            width, height = image.size
+    except (OSError, SyntaxError, ValueError) as error:  # missing, empty, or not an image
+        reason = "not an image file" if isinstance(error, PIL.UnidentifiedImageError) else error
+        raise DataError(f"image {path} is not a readable JPEG ({reason}): replace it with the original file") from None
+    return height, width
+
+
 def read_mask(path: Path) -> tv_tensors.Mask:
     """Class ids (uint8, HxW) straight from a paletted (or grayscale) PNG; values checked."""
     if not path.is_file():
@@ -220,6 +232,11 @@ class VOCSegmentation(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    @functools.cached_property
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(height, width) of every image, in index order, read from the JPEG headers (once)."""
+        return [read_image_size(image_path(self.voc_dir, image_id)) for image_id in self.ids]
+
     def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         """The untransformed uint8 pair."""
         return read_pair(self.voc_dir, self.split, self.ids[index])
@@ -232,19 +249,3 @@ class VOCSegmentation(torch.utils.data.Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.transform(image, mask)
-
-
-def pad_collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack full-size eval samples: pad bottom/right to the largest H and W.
-
-    Images pad with 0 (the mean pixel after normalisation), masks with 255 (ignored by the metric).
-    """
-    height = max(image.shape[-2] for image, _ in batch)
-    width = max(image.shape[-1] for image, _ in batch)
-    first_image, first_mask = batch[0]
-    images = first_image.new_zeros((len(batch), first_image.shape[0], height, width))
-    masks = first_mask.new_full((len(batch), height, width), IGNORE_INDEX)
-    for slot, (image, mask) in enumerate(batch):
-        images[slot, :, :image.shape[-2], :image.shape[-1]] = image
-        masks[slot, :mask.shape[-2], :mask.shape[-1]] = mask
-    return images, masks
