@@ -37,7 +37,7 @@ from hpo.estimate import Estimator, Plan
 from hpo.probe import matching_probe, probe_path
 from hpo.space import train_overrides
 from hpo.spec import StudySpec
-from segtrain.engine import resolve_device
+from segtrain.device import resolve_device
 from segtrain.errors import UserError
 from segtrain.profile import device_name
 from segtrain.fileio import write_text_atomic

@@ -45,7 +45,8 @@ from hpo.cost import TrialPricer
 from hpo.space import suggest, train_overrides
 from hpo.spec import StudySpec
 from segtrain.config import TrainConfig
-from segtrain.engine import CHECKPOINT, EvalResult, TrainingDiverged, resolve_device, train
+from segtrain.device import resolve_device
+from segtrain.engine import CHECKPOINT, EvalResult, TrainingDiverged, train
 from segtrain.errors import DiskFull
 from segtrain.profile import device_name
 

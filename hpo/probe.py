@@ -37,7 +37,7 @@ from hpo.spec import StudySpec
 from hpo.markdown import markdown_table
 from segtrain import profile
 from segtrain.config import TrainConfig
-from segtrain.engine import amp_dtype_for, resolve_device
+from segtrain.device import amp_dtype_for, resolve_device
 from segtrain.errors import UserError
 from segtrain.fileio import write_json_atomic
 
