@@ -5,7 +5,10 @@ and from scratch with a recipe each, the ablations); each is trained once per se
 [finalize] train_split for [finalize] epochs and scored on [finalize] val_split. Every
 (configuration, seed) run has its own run dir under runs/<study>/final/, so a rerun
 reuses finished runs, resumes an interrupted one from its checkpoint and trains only
-what is missing. Then hpo.report writes the tables, statistics, figures and report.md.
+what is missing. Each finished run is also scored under the [finalize] eval protocols
+(segtrain.evaluation: output stride 8 at evaluation, multi-scale + flip), each result
+kept as RUN/eval-<protocol>.json and reused by reruns. Then hpo.report writes the
+tables, statistics, figures and report.md.
 
 Imports flow one way: this CLI imports hpo.selection, hpo.results and hpo.report; none
 of them imports it.
@@ -17,8 +20,9 @@ import argparse
 import dataclasses
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
@@ -26,7 +30,7 @@ from torchvision.models import resnet101
 from tqdm import tqdm
 
 from hpo import report
-from hpo.results import RESULT, Configuration, FinalRun, read_result
+from hpo.results import OWN_PROTOCOL, RESULT, Configuration, FinalRun, read_result
 from hpo.search import add_output_dir_argument, load_with_overrides, open_existing_study
 from hpo.selection import plan
 from hpo.spec import FinalizeOptions, StudySpec
@@ -34,6 +38,7 @@ from segtrain.cli import ArgumentParser, run
 from segtrain.data import require_splits
 from segtrain.engine import CHECKPOINT, TrainingDiverged, TrainResult, train
 from segtrain.errors import UserError, WeightsError
+from segtrain.evaluation import PRESETS, evaluate_run
 from segtrain.model import load_backbone_weights, load_state_dict
 
 log = logging.getLogger(__name__)
@@ -68,8 +73,33 @@ def run_one(configuration: Configuration, seed: int, run_dir: Path) -> FinalRun:
     return outcome(result, "ok", how)
 
 
-def run_all(configurations: Sequence[Configuration], seeds: Sequence[int], final_dir: Path) -> list[FinalRun]:
-    """Every (configuration, seed) run, with a progress bar over runs."""
+def evaluations(run: FinalRun, protocols: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+    """A finished run scored under each protocol but its own ("ss"): RUN/eval-<protocol>.json when it is there
+    for this checkpoint, else evaluated now. A protocol that comes to the run's own (os8 on a run trained at
+    output stride 8) is its own evaluation."""
+    if run.result is None:
+        return {}
+    cfg = run.configuration.config
+    own = PRESETS[OWN_PROTOCOL].for_run(cfg.output_stride)
+    found = {}
+    for name in protocols:
+        if name == OWN_PROTOCOL:
+            continue
+        protocol = PRESETS[name].for_run(cfg.output_stride)
+        if protocol == own:
+            found[name] = {"miou": run.result.final_miou, "protocol": own.to_dict()}
+            continue
+        try:
+            found[name] = evaluate_run(run.run_dir, protocol, reuse=True, device=cfg.device)
+        except torch.OutOfMemoryError as error:  # a larger protocol than training needs: that column stays empty
+            log.warning("%s seed %d: no %s evaluation, out of memory: %s", run.configuration.name, run.seed,
+                        name, str(error).splitlines()[0])
+    return found
+
+
+def run_all(configurations: Sequence[Configuration], seeds: Sequence[int], final_dir: Path,
+            protocols: Sequence[str] = (OWN_PROTOCOL,)) -> list[FinalRun]:
+    """Every (configuration, seed) run, scored under `protocols`, with a progress bar over runs."""
     runs: list[FinalRun] = []
     unavailable: dict[str, str] = {}  # configuration -> why its weights could not be loaded
     todo = [(c, seed) for c in configurations for seed in seeds]
@@ -81,6 +111,7 @@ def run_all(configurations: Sequence[Configuration], seeds: Sequence[int], final
             final = run_one(configuration, seed, run_dir)
         if final.status.startswith("weights unavailable"):
             unavailable[configuration.name] = final.status
+        final = dataclasses.replace(final, evaluations=evaluations(final, protocols))
         log.info("%s seed %d: %s (%s)", configuration.name, seed,
                  f"mIoU {final.result.final_miou:.4f}" if final.result else final.status, final.how)
         runs.append(final)
@@ -105,7 +136,7 @@ def finalize(spec: StudySpec, options: FinalizeOptions) -> report.Outputs:
     configurations = plan(spec, study, options)
     require_splits(configurations[0].config)  # finalize's own splits, before any training
     final_dir = spec.study.output_dir / "final"
-    runs = run_all(configurations, options.seeds, final_dir)
+    runs = run_all(configurations, options.seeds, final_dir, options.eval)
     return report.write(spec, study, options, runs, final_dir)
 
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hpo.results import EvalProtocol, Summary
+from segtrain.evaluation import MULTI_SCALES
 
 
 @dataclass(frozen=True)
@@ -36,21 +37,36 @@ class PublishedFigure:
                 f"{', flip' if self.protocol.flip else ', no flip'}")
 
 
+PAPER = "DeepLabV3 paper (Chen et al. 2017, arXiv:1706.05587)"
+PAPER_DIFFERS = ("multi-grid (1, 2, 4) in block 4", "images padded to 513 x 513 at evaluation")
+PAPER_SCALES = "its scale set as TF DeepLab's six (the paper's own list not verified)"
+MMSEG = "open-mmlab/mmsegmentation"
+MMSEG_DIFFERS = ("ResNet-V1c stem", "auxiliary FCN head", "SyncBN")
+MMSEG_SCALES = "images resized to a 512 short side before scaling"
+MMSEG_URL = "https://github.com/open-mmlab/mmsegmentation/tree/main/configs/deeplabv3"
+PAPER_URL = "https://arxiv.org/abs/1706.05587"
+
 PUBLISHED = (
-    PublishedFigure("DeepLabV3 paper (Chen et al. 2017, arXiv:1706.05587)", "resnet101", 16, EvalProtocol(16), 77.21,
-                    "train_aug", ("multi-grid (1, 2, 4) in block 4",), "https://arxiv.org/abs/1706.05587"),
+    PublishedFigure(PAPER, "resnet101", 16, EvalProtocol(16), 77.21, "train_aug", PAPER_DIFFERS, PAPER_URL),
+    PublishedFigure(PAPER, "resnet101", 16, EvalProtocol(8), 78.51, "train_aug", PAPER_DIFFERS, PAPER_URL),
+    PublishedFigure(PAPER, "resnet101", 16, EvalProtocol(8, MULTI_SCALES), 79.45, "train_aug",
+                    (*PAPER_DIFFERS, PAPER_SCALES), PAPER_URL),
+    PublishedFigure(PAPER, "resnet101", 16, EvalProtocol(8, MULTI_SCALES, True), 79.77, "train_aug",
+                    (*PAPER_DIFFERS, PAPER_SCALES), PAPER_URL),
     PublishedFigure("VainF/DeepLabV3Plus-Pytorch", "resnet50", 16, EvalProtocol(16), 76.9,
                     "513 crops, batch 16, 30k it", ("513 x 513 center-crop evaluation", "best-on-val checkpoint"),
                     "https://github.com/VainF/DeepLabV3Plus-Pytorch"),
     PublishedFigure("VainF/DeepLabV3Plus-Pytorch", "resnet101", 16, EvalProtocol(16), 77.3,
                     "513 crops, batch 16, 30k it", ("513 x 513 center-crop evaluation", "best-on-val checkpoint"),
                     "https://github.com/VainF/DeepLabV3Plus-Pytorch"),
-    PublishedFigure("open-mmlab/mmsegmentation", "resnet50", 8, EvalProtocol(8), 76.17,
-                    "512 crops, batch 16, 20k it", ("ResNet-V1c stem", "auxiliary FCN head", "SyncBN"),
-                    "https://github.com/open-mmlab/mmsegmentation/tree/main/configs/deeplabv3"),
-    PublishedFigure("open-mmlab/mmsegmentation", "resnet101", 8, EvalProtocol(8), 78.70,
-                    "512 crops, batch 16, 20k it", ("ResNet-V1c stem", "auxiliary FCN head", "SyncBN"),
-                    "https://github.com/open-mmlab/mmsegmentation/tree/main/configs/deeplabv3"),
+    PublishedFigure(MMSEG, "resnet50", 8, EvalProtocol(8), 76.17, "512 crops, batch 16, 20k it", MMSEG_DIFFERS,
+                    MMSEG_URL),
+    PublishedFigure(MMSEG, "resnet50", 8, EvalProtocol(8, MULTI_SCALES, True), 77.42, "512 crops, batch 16, 20k it",
+                    (*MMSEG_DIFFERS, MMSEG_SCALES), MMSEG_URL),
+    PublishedFigure(MMSEG, "resnet101", 8, EvalProtocol(8), 78.70, "512 crops, batch 16, 20k it", MMSEG_DIFFERS,
+                    MMSEG_URL),
+    PublishedFigure(MMSEG, "resnet101", 8, EvalProtocol(8, MULTI_SCALES, True), 79.95,
+                    "512 crops, batch 16, 20k it", (*MMSEG_DIFFERS, MMSEG_SCALES), MMSEG_URL),
 )
 
 

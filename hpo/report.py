@@ -112,8 +112,11 @@ def rank_lines(spec: StudySpec, study: optuna.Study, options: FinalizeOptions, a
     rank = analysis.agreement.rank
     names = ", ".join(analysis.agreement.names) or "none"
     search = spec.train_config()
-    if rank.tau is None:
+    if rank.tau is None and rank.n < 2:
         agreement = f"Kendall's tau needs two such configurations with a result; there are {rank.n} ({names})."
+    elif rank.tau is None:
+        agreement = (f"Kendall's tau is undefined over {names}: the search's scores or the full-budget means "
+                     "are all tied, so neither ranks them.")
     else:
         p = "-" if rank.p is None else f"{rank.p:.2g}"
         agreement = (f"Kendall's tau = {rank.tau:+.2f} (n = {rank.n}, p = {p}) between the search's "

@@ -27,6 +27,7 @@ import optuna
 from hpo.space import Param, condition_key
 from segtrain.config import SCHEDULES, SPLITS, TrainConfig, field_names, field_type
 from segtrain.errors import ConfigError, UserError
+from segtrain.evaluation import PRESETS
 
 SECTIONS = ("study", "train", "space", "sampler", "pruner", "baseline", "recipes", "finalize")
 PARAM_OPTIONS = ("type", "low", "high", "log", "step", "choices", "when", "by", "ranges")
@@ -181,6 +182,7 @@ class FinalizeOptions:
     train_split: str = "train_aug"  # finalize trains on all of train_aug ...
     val_split: str = "val"  # ... and reports on VOC val, which the search never scored
     schedule: str = "poly"  # the full-budget runs' lr schedule: the published recipes' poly, whatever the search's
+    eval: tuple[str, ...] = ("ss",)  # segtrain.evaluation.PRESETS each final run is scored under ("ss": its own)
     scratch: ScratchRecipe = ScratchRecipe()
     ablation: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # field -> values, around the best
 
@@ -196,6 +198,12 @@ class FinalizeOptions:
         for key in ("train_split", "val_split"):
             _check(key, getattr(self, key), str, lambda v: v in SPLITS, f"must be one of {', '.join(SPLITS)}")
         _check("schedule", self.schedule, str, lambda v: v in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}")
+        if not isinstance(self.eval, list | tuple) or not self.eval or not all(p in PRESETS for p in self.eval):
+            raise ConfigError("eval", f"must be a non-empty list of protocols from {', '.join(PRESETS)}, "
+                                      f"got {self.eval!r}")
+        if len(set(self.eval)) < len(self.eval):
+            raise ConfigError("eval", f"must not repeat a protocol, got {list(self.eval)}")
+        object.__setattr__(self, "eval", tuple(self.eval))
         if self.val_split == self.train_split:
             raise ConfigError("val_split", f"must differ from train_split ({self.train_split!r}): a table "
                                            "scored on its training images says nothing")

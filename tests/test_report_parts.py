@@ -21,8 +21,11 @@ from hpo.space import Param
 from hpo.spec import load_spec
 from segtrain.config import TrainConfig
 from segtrain.engine import TrainResult
+from segtrain.evaluation import MULTI_SCALES
 
 SEEDS = (0, 1, 2)
+PROTOCOLS = {"os8": {"output_stride": 8, "scales": [1.0], "flip": False},  # as evaluate_run records them
+             "os8_ms_flip": {"output_stride": 8, "scales": list(MULTI_SCALES), "flip": True}}
 
 
 def configuration(name: str, roles: tuple[str, ...], search_value: float | None = None, **config) -> Configuration:
@@ -37,8 +40,7 @@ def runs(c: Configuration, mious: list[float | None], status: str = "diverged: l
         result = None if miou is None else TrainResult(
             c.config.replace(seed=seed), miou, miou, [miou] + [None] * 20, 0.9, 0.8, [], 10, 60.0, 5.0, 2**30,
             40_000_000)
-        extra = {p: {"miou": values[seed], "protocol": {"output_stride": 8, "scales": [1.0], "flip": False}}
-                 for p, values in evaluations.items()}
+        extra = {p: {"miou": values[seed], "protocol": PROTOCOLS[p]} for p, values in evaluations.items()}
         out.append(FinalRun(c, seed, Path(f"/runs/{c.name}/seed-{seed}"), result,
                             "ok" if result else status, "trained", extra))
     return out
@@ -134,15 +136,21 @@ def test_published_figures_sit_beside_a_column_of_the_same_protocol_only():
     r50 = configuration("top-1", ("top",), output_stride=8)  # ImageNet-pretrained ResNet-50 at OS 8
     scratch = configuration("r101-scratch", ("r101-scratch",), backbone="resnet101", pretrained=None)
     on_train = configuration("baseline", ("baseline",), train_split="train")  # VOC train, not train_aug
-    summaries = summarize([*runs(r101, [0.77, 0.78, 0.76]), *runs(r50, [0.75, 0.76, 0.77]),
-                           *runs(scratch, [0.5, 0.5, 0.5]), *runs(on_train, [0.7, 0.7, 0.7])])
-    found = {(m.figure.source.split(" ")[0], m.figure.backbone, m.configuration) for m in matches(summaries)}
-    assert found == {("DeepLabV3", "resnet101", "r101-imagenet"), ("VainF/DeepLabV3Plus-Pytorch", "resnet101",
-                                                                   "r101-imagenet"),
-                     ("open-mmlab/mmsegmentation", "resnet50", "top-1")}
-    assert all(f.protocol.scales == (1.0,) and not f.protocol.flip for f in PUBLISHED)
+    summaries = summarize([*runs(r101, [0.77, 0.78, 0.76], os8=[0.78, 0.79, 0.77], os8_ms_flip=[0.8, 0.8, 0.8]),
+                           *runs(r50, [0.75, 0.76, 0.77]), *runs(scratch, [0.5, 0.5, 0.5]),
+                           *runs(on_train, [0.7, 0.7, 0.7])])
+    found = {(m.figure.source.split(" ")[0], m.figure.backbone, m.configuration, m.protocol, m.figure.miou_percent)
+             for m in matches(summaries)}
+    # the paper's OS 16 model at eval OS 16, 8 and 8 with 6 scales + flip beside the column of that protocol; its
+    # multi-scale row without flip (79.45) has no such column; the mmseg multi-scale rows need an OS 8 model's
+    assert found == {("DeepLabV3", "resnet101", "r101-imagenet", "ss", 77.21),
+                     ("DeepLabV3", "resnet101", "r101-imagenet", "os8", 78.51),
+                     ("DeepLabV3", "resnet101", "r101-imagenet", "os8_ms_flip", 79.77),
+                     ("VainF/DeepLabV3Plus-Pytorch", "resnet101", "r101-imagenet", "ss", 77.3),
+                     ("open-mmlab/mmsegmentation", "resnet50", "top-1", "ss", 76.17)}
     table = tables.published_table(PUBLISHED, matches(summaries))
     assert "r101-imagenet mIoU ss = 77.00" in table and "top-1 mIoU ss = 76.00" in table
+    assert "r101-imagenet mIoU os8_ms_flip = 80.00" in table
 
 
 def test_the_splits_sentence_says_whether_selection_biases_the_table(tmp_path):

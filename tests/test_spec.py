@@ -345,6 +345,11 @@ INVALID = {
                                         "[finalize] val_split: must differ from train_split ('train_aug')"),
     "finalize unknown schedule": ("[finalize]\nschedule = 'cosine'\n",
                                   "[finalize] schedule: must be one of poly, wsd, got 'cosine'"),
+    "finalize unknown protocol": ('[finalize]\neval = ["ss", "os4"]\n',
+                                  "[finalize] eval: must be a non-empty list of protocols from ss, os8, ms_flip, "
+                                  "os8_ms_flip, got ['ss', 'os4']"),
+    "finalize repeated protocol": ('[finalize]\neval = ["os8", "os8"]\n',
+                                   "[finalize] eval: must not repeat a protocol, got ['os8', 'os8']"),
     "finalize scratch not a table": ("[finalize]\nscratch = 2\n", "[finalize] scratch: must be a table"),
     "scratch unknown key": ("[finalize.scratch]\nlr_multiplyer = 2\n",
                             "[finalize.scratch] lr_multiplyer: unknown setting or TrainConfig field "
