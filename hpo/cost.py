@@ -90,11 +90,10 @@ class CostModel:
     def predict(self, config: Mapping[str, Any]) -> Prediction:
         """`config`: TrainConfig fields (a dict, e.g. TrainConfig.to_dict()); needs COST_FIELDS."""
         group = (config["backbone"], config["output_stride"])
-        if group not in self._groups or group not in self._eval:
-            raise UserError(f"the probe ({self.probe.device}) has no corner of {config['backbone']} at output "
-                            f"stride {config['output_stride']}; run python -m hpo.plan --reprobe")
-        evaluation = self._eval[group]
-        eval_seconds = 1 / evaluation.images_per_second if evaluation.fits else math.inf
+        if group not in self._groups:
+            raise self._missing(*group)
+        evaluation = self._eval_corner(*group)
+        eval_seconds = self.eval_seconds_per_image(*group)
         corner = self._measured.get(_key({"kind": "train", **{f: config[f] for f in COST_FIELDS}}))
         if corner is not None:
             seconds = 1 / corner.images_per_second if corner.fits else math.inf
@@ -111,6 +110,21 @@ class CostModel:
             memory = max(memory, evaluation.peak_memory_bytes)
         fits = memory <= self.memory_limit_bytes and evaluation.fits
         return Prediction(seconds, eval_seconds, memory, fits, measured)
+
+
+    def eval_seconds_per_image(self, backbone: str, output_stride: int) -> float:
+        """Evaluating one val image at this output stride (single scale); inf where it did not fit."""
+        corner = self._eval_corner(backbone, output_stride)
+        return 1 / corner.images_per_second if corner.fits else math.inf
+
+    def _eval_corner(self, backbone: str, output_stride: int) -> Corner:
+        if (backbone, output_stride) not in self._eval:
+            raise self._missing(backbone, output_stride)
+        return self._eval[backbone, output_stride]
+
+    def _missing(self, backbone: str, output_stride: int) -> UserError:
+        return UserError(f"the probe ({self.probe.device}) has no corner of {backbone} at output stride "
+                         f"{output_stride}; run python -m hpo.plan --reprobe")
 
 
 def _key(configuration: Mapping[str, Any]) -> str:

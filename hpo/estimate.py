@@ -10,8 +10,11 @@ device costs nothing: the search ends it before it trains.
 Finalize (hpo.finalize): top_k configurations, the baseline, ResNet-101 pretrained and
 from scratch with the best configuration's hyperparameters, and one configuration per
 ablation value that differs from the best, each trained once per seed for the
-[finalize] epochs on finalize's split. The winners are unknown before the search, so
-each such row is priced at the expected cost of a configuration of the space that fits.
+[finalize] epochs on finalize's split, then scored under the [finalize] eval protocols
+(a forward pass per scale and flip, at the protocol's output stride). The winners are
+unknown before the search, so each such row is priced at the expected cost of a
+configuration of the space that fits; once they are known, hpo.finalize prices each
+configuration itself (`final_run_hours`).
 Runs that finalize merges (the baseline that is also a top configuration) are
 counted twice: the figures are an upper bound there.
 """
@@ -27,9 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from hpo.cost import PRUNER_SAVING, CostModel, TrialPricer, checkpoint_bytes, sample_space, split_size
-from hpo.probe import FINALIZE_BACKBONE
-from hpo.spec import StudySpec
 from hpo.markdown import markdown_table
+from hpo.probe import FINALIZE_BACKBONE
+from hpo.results import OWN_PROTOCOL
+from hpo.spec import StudySpec
+from segtrain.config import TrainConfig
+from segtrain.evaluation import PRESETS
 
 SAMPLES = 1000  # random draws of the space for the expected cost: a ~2% standard error here
 
@@ -183,13 +189,31 @@ class Estimator:
                         max(c.checkpoint_bytes for c in fitting), any(c.fits for c in costs))
 
     def _point_cost(self, config: Mapping[str, Any]) -> _RunCost:
+        """One final run: its training, its evaluations, and its scoring under the [finalize] eval protocols."""
         prediction = self.model.predict(config)
         (train, _), (val, _) = self.final_images
         per_epoch = train * prediction.train_seconds_per_image
-        fixed = config["eval_points"] * val * prediction.eval_seconds_per_image
+        fixed = val * (config["eval_points"] * prediction.eval_seconds_per_image + self._protocol_seconds(config))
         if not prediction.fits:
             per_epoch = fixed = 0.0
         return _RunCost(per_epoch, fixed, per_epoch, fixed, checkpoint_bytes(config), prediction.fits)
+
+    def _protocol_seconds(self, config: Mapping[str, Any]) -> float:
+        """Seconds per val image of the [finalize] eval protocols other than the run's own: a forward pass per
+        scale (its cost growing as the scale's pixels) and per flip, at the protocol's output stride."""
+        own = PRESETS[OWN_PROTOCOL].for_run(config["output_stride"])
+        seconds = 0.0
+        for name in self.spec.finalize.eval:
+            protocol = PRESETS[name].for_run(config["output_stride"])
+            if protocol != own:
+                passes = sum(scale * scale for scale in protocol.scales) * (2 if protocol.flip else 1)
+                seconds += passes * self.model.eval_seconds_per_image(config["backbone"], protocol.output_stride)
+        return seconds
+
+    def final_run_hours(self, config: TrainConfig) -> float | None:
+        """One run of a known final configuration (hpo.finalize's plan), or None where it is predicted not to fit."""
+        cost = self._point_cost(config.to_dict())
+        return cost.seconds(config.epochs) / 3600 if cost.fits else None
 
     def finalize_rows(self, top_k: int | None = None, seeds: Sequence[int] | None = None,
                       epochs: float | None = None) -> list[Row]:

@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from hpo import pareto
 from hpo.factors import EVALUATOR, Effect
 from hpo.results import Summary, present_classes
 from segtrain.data.labels import CLASS_NAMES
@@ -53,6 +54,10 @@ def figures(study: optuna.Study, summaries: Sequence[Summary],
         "slice": (f"Slice plots: {', '.join(slice_params) or 'none of ' + ', '.join(SLICE_PARAMS)}",
                   _try(lambda: vis.plot_slice(study, params=slice_params, target_name="val mIoU"))
                   if slice_params else f"none of {', '.join(SLICE_PARAMS)} is searched"),
+        "cost-final": ("Final configurations: mIoU against device-hours a run (Pareto front marked)",
+                       _try(lambda: pareto.figure(pareto.final_points(summaries), "val mIoU (final)"))),
+        "cost-search": ("Search trials: score against device-hours (Pareto front marked)",
+                        _try(lambda: pareto.figure(pareto.search_points(study), "val mIoU (search)"))),
         "learning-curves": ("Learning curves of the final runs", learning_curves(summaries)),
         "per-class-iou": ("Per-class IoU of the final runs (mean ± std over seeds)", per_class_bars(summaries)),
     }

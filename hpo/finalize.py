@@ -30,6 +30,10 @@ from torchvision.models import resnet101
 from tqdm import tqdm
 
 from hpo import report
+from hpo.cost import CostModel
+from hpo.estimate import Estimator
+from hpo.markdown import markdown_table
+from hpo.probe import matching_probe
 from hpo.results import OWN_PROTOCOL, RESULT, Configuration, FinalRun, read_result
 from hpo.search import add_output_dir_argument, load_with_overrides, open_existing_study
 from hpo.selection import plan
@@ -126,16 +130,52 @@ def check_weights(path: str, source: str) -> None:
     load_backbone_weights(resnet101(), load_state_dict(path), source=f"{source} {path}")
 
 
+def plan_text(spec: StudySpec, configurations: Sequence[Configuration], options: FinalizeOptions,
+              final_dir: Path) -> str:
+    """What finalize will train: per configuration, the seeds still to run and their device-hours as the
+    spec's probe (python -m hpo.plan) predicts them for these very configurations."""
+    probe, why_not = matching_probe(spec)
+    estimator = Estimator(spec, CostModel(probe)) if probe is not None else None
+    rows, total, todo_runs = [], 0.0, 0
+    for c in configurations:
+        todo = sum(not (run_dir_for(final_dir, c, seed) / RESULT).exists() for seed in options.seeds)
+        hours = estimator.final_run_hours(c.config) if estimator is not None else None
+        if estimator is not None and hours is None:
+            each, all_ = "does not fit", "-"
+        else:
+            each, all_ = ("-", "-") if hours is None else (f"{hours:.3g}", f"{hours * todo:.3g}")
+        rows.append([c.name, c.description, f"{todo}/{len(options.seeds)}", f"{c.config.epochs:g}", each, all_])
+        total += (hours or 0.0) * todo
+        todo_runs += todo
+    if estimator is None:
+        cost = (f"no prediction of device-hours ({why_not}): python -m hpo.plan --study {spec.path} measures "
+                f"this machine")
+    else:
+        unit = "GPU-hours" if probe.device_type == "cuda" else "CPU-hours"
+        cost = f"predicted {total:.3g} {unit} on {probe.device} (the probe of {probe.created})"
+    done = len(configurations) * len(options.seeds) - todo_runs
+    return "\n".join([
+        f"finalize: {len(configurations)} configurations x {len(options.seeds)} seeds: {todo_runs} runs to train "
+        f"({done} done), each scored under {', '.join(options.eval)}; {cost}",
+        markdown_table(["configuration", "what", "seeds to train", "epochs", "hours a run", "hours"], rows)])
+
+
+def planned(spec: StudySpec, options: FinalizeOptions) -> tuple[optuna.Study, list[Configuration], Path]:
+    """The study, the configurations finalize retrains, and where their runs go; bad input checked first."""
+    study = open_existing_study(spec)
+    configurations = plan(spec, study, options)
+    require_splits(configurations[0].config)  # finalize's own splits, before any training
+    return study, configurations, spec.study.output_dir / "final"
+
+
 def finalize(spec: StudySpec, options: FinalizeOptions) -> report.Outputs:
-    """Plan, train (or reuse) every run, write runs/<study>/final/ and attach it to the study.
+    """Plan (logged first), train (or reuse) every run, write runs/<study>/final/ and attach it to the study.
 
     A run that cannot load its pretrained weights (offline, a bad file) gets that as
     its status ("weights unavailable: ...") and everything else still completes.
     """
-    study = open_existing_study(spec)
-    configurations = plan(spec, study, options)
-    require_splits(configurations[0].config)  # finalize's own splits, before any training
-    final_dir = spec.study.output_dir / "final"
+    study, configurations, final_dir = planned(spec, options)
+    log.info("%s", plan_text(spec, configurations, options, final_dir))
     runs = run_all(configurations, options.seeds, final_dir, options.eval)
     return report.write(spec, study, options, runs, final_dir)
 
@@ -156,6 +196,8 @@ def build_parser() -> ArgumentParser:
                         help="local ResNet-101 ImageNet state_dict for the pretrained run (default: "
                              "[finalize] pretrained_weights, else torchvision's download)")
     parser.add_argument("--data-root", help="VOC root (overrides [train] data_root and $VOC_ROOT)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the runs finalize would train and their predicted device-hours; train nothing")
     return parser
 
 
@@ -174,6 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.pretrained_weights:  # a wrong path is bad input: say so before hours of training
         check_weights(options.pretrained_weights, "--pretrained-weights" if args.pretrained_weights
                       else f"{spec.path}: [finalize] pretrained_weights")
+    if args.dry_run:
+        _, configurations, final_dir = planned(spec, options)
+        print(plan_text(spec, configurations, options, final_dir))
+        return 0
     try:
         outputs = finalize(spec, options)
     except KeyboardInterrupt:

@@ -33,12 +33,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from hpo.spec import StudySpec
 from hpo.markdown import markdown_table
+from hpo.spec import StudySpec
 from segtrain import profile
 from segtrain.config import TrainConfig
 from segtrain.device import amp_dtype_for, resolve_device
 from segtrain.errors import UserError
+from segtrain.evaluation import PRESETS
 from segtrain.fileio import write_json_atomic
 
 SCHEMA = 1
@@ -140,8 +141,11 @@ def corner_configs(spec: StudySpec) -> list[Corner]:
         baseline = spec.train_config(spec.baseline)
         corners.append(Corner("train", *(getattr(baseline, field) for field in COST_FIELDS)))
     eval_side = val_image_side(base)
+    # finalize scores its runs at these strides too ([finalize] eval: os8 on a model trained at 16)
+    eval_strides = sorted({*strides, *(PRESETS[name].output_stride for name in spec.finalize.eval
+                                       if PRESETS[name].output_stride is not None)})
     corners += [Corner("eval", backbone, stride, eval_side, base.eval_batch_size, aux, optimizer)
-                for backbone in backbones for stride in strides]
+                for backbone in backbones for stride in eval_strides]
     return list({json.dumps(c.configuration, sort_keys=True): c for c in corners}.values())
 
 

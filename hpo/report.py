@@ -17,14 +17,15 @@ from typing import Any
 
 import optuna
 
-from hpo import compare, tables
+from hpo import compare, pareto, tables
 from hpo.artifacts import attach
 from hpo.compare import Agreement, Comparison
 from hpo.factors import EVALUATOR_NAME, Effect, Ranking, effects, importances
+from hpo.markdown import markdown_table
 from hpo.figures import figures, figures_html, write_pngs
 from hpo.published import PUBLISHED, matches
 from hpo.results import OWN_PROTOCOL, FinalRun, Summary, find, miou_title, summarize
-from hpo.search import Counts, summary_lines
+from hpo.search import Counts, outcome, summary_lines
 from hpo.selection import ranked_trials
 from hpo.spec import FinalizeOptions, StudySpec
 from hpo.stats import ALPHA, EXACT_PERMUTATION_MAX_N
@@ -228,6 +229,37 @@ def importance_lines(rankings: Sequence[Ranking]) -> list[str]:
             tables.importance_table(rankings), ""]
 
 
+def recipe_lines(study: optuna.Study) -> list[str]:
+    """The published recipes the search ran first ([recipes.NAME]), each with its source and how it did."""
+    seeded = [t for t in study.get_trials(deepcopy=False) if "recipe" in t.user_attrs]
+    if not seeded:
+        return []
+    ranked = [t.number for t in ranked_trials(study)]
+    rows = [[t.number, t.user_attrs["recipe"], outcome(t),
+             f"{ranked.index(t.number) + 1} of {len(ranked)}" if t.number in ranked else "-", t.user_attrs["source"]]
+            for t in seeded]
+    return ["The published recipes the search ran right after the baseline, each once, as the spec's `[recipes]` "
+            "give them (source: what it is and what was adapted to the space):", "",
+            markdown_table(["trial", "recipe", "outcome", "rank", "source"], rows), ""]
+
+
+def cost_lines(spec: StudySpec, study: optuna.Study, summaries: Sequence[Summary]) -> list[str]:
+    lines = ["A lab pays in device-hours: a configuration is on the Pareto front when no other reaches at least its "
+             "mIoU in at most its hours. Hours are wall time on a run's one device (GPU-hours on a GPU, CPU-hours "
+             "on a CPU). Figures `cost-final` and `cost-search` in [figures.html](figures.html).", ""]
+    final = pareto.final_points(summaries)
+    if final:
+        on_front = pareto.front(pareto.cost_study(final))
+        lines += [tables.cost_table(final, on_front, miou_title(OWN_PROTOCOL)), "",
+                  f"On the front: {', '.join(on_front)}.", ""]
+    search = pareto.search_points(study)
+    if search:
+        lines += [f"In the search ({len(search)} complete feasible trials, scored on "
+                  f"`{spec.train_config().val_split}` at the search budget), on the front: "
+                  f"{', '.join(pareto.front(pareto.cost_study(search)))}.", ""]
+    return lines
+
+
 def docs_link(final_dir: Path) -> str:
     if DOCS_RESULTS.exists():
         return f"[docs/results.md]({Path(os.path.relpath(DOCS_RESULTS, final_dir.resolve())).as_posix()})"
@@ -280,6 +312,7 @@ def report_markdown(spec: StudySpec, study: optuna.Study, options: FinalizeOptio
         "## Did the search's ranking hold at full budget?", "", *rank_lines(spec, study, options, analysis),
         "## ResNet-101: ImageNet-pretrained vs from scratch", "", *r101_lines(analysis),
         "## Ablation: one factor at a time around the best configuration", "", *ablation_lines(analysis, options),
+        "## Cost and accuracy", "", *cost_lines(spec, study, summaries),
         "## Per-class IoU (mean ± std over seeds)", "", tables.per_class_table(summaries), "",
         "## Search summary", "",
         *(f"- {line}" for line in summary_lines(study)),
@@ -289,11 +322,13 @@ def report_markdown(spec: StudySpec, study: optuna.Study, options: FinalizeOptio
         f"result, {final_seconds / 3600:.2f} run-hours ({final_seconds:.0f} s)", "",
         f"The search's scores are single short-budget runs on `{spec.train_config().val_split}`: the gap between "
         "its best trial and the baseline trial carries no test; the comparisons above do.", "",
+        *recipe_lines(study),
         "## What each factor does", "", *factor_lines(analysis.effects),
         "## Parameter importance", "", *importance_lines(analysis.rankings),
         "## Figures", "",
         "[figures.html](figures.html): optimization history, parameter importance, what each factor does, parallel "
-        "coordinates, slice plots, learning curves of the final runs and per-class IoU bars (self-contained, works "
+        "coordinates, slice plots, mIoU against device-hours (final configurations and search trials, Pareto "
+        "fronts marked), learning curves of the final runs and per-class IoU bars (self-contained, works "
         f"offline). {png_line}.", "",
         "Files: " + ", ".join(f"[{name}]({name})" for name in FILES[1:]) + ".", "",
         *published_lines(spec, final_dir, summaries),

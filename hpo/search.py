@@ -221,16 +221,21 @@ def requeue_unstarted(study: optuna.Study, number: int) -> None:
                                                         if k in SEEDED_LABELS})
 
 
+def outcome(trial: optuna.trial.FrozenTrial) -> str:
+    """How a trial ended (or that it has not yet), in a few words."""
+    if trial.state == TrialState.COMPLETE:
+        return f"mIoU {trial.value:.4f}" if feasible(trial) else trial.user_attrs.get("failure", "infeasible")
+    if trial.state == TrialState.PRUNED:
+        return f"pruned at evaluation {trial.last_step}"
+    if trial.state in (TrialState.RUNNING, TrialState.WAITING):
+        return "running" if trial.state == TrialState.RUNNING else "queued, not run yet"
+    return f"failed: {trial.user_attrs.get('failure', 'see the log above')}"
+
+
 def describe(trial: optuna.trial.FrozenTrial) -> str:
     """One line per finished trial: its outcome and parameters."""
-    if trial.state == TrialState.COMPLETE:
-        outcome = f"mIoU {trial.value:.4f}" if feasible(trial) else trial.user_attrs.get("failure", "infeasible")
-    elif trial.state == TrialState.PRUNED:
-        outcome = f"pruned at evaluation {trial.last_step}"
-    else:
-        outcome = f"failed: {trial.user_attrs.get('failure', 'see the log above')}"
     params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
-    return f"trial {trial.number}: {outcome}  ({params})"
+    return f"trial {trial.number}: {outcome(trial)}  ({params})"
 
 
 def summary(spec: StudySpec, study: optuna.Study, budget_hours: float | None = None) -> str:

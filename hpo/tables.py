@@ -223,3 +223,10 @@ def results_json(header: Mapping[str, Any], summaries: Sequence[Summary], compar
                       "history": run.result.to_dict()["history"] if run.result else None,
                       "evaluations": dict(run.evaluations)}
                      for s in summaries for run in s.runs]}
+
+
+def cost_table(points: Mapping[str, tuple[float, float]], front: Sequence[str], score: str) -> str:
+    """Each final configuration's hours a run and mean mIoU, and whether it is on the Pareto front."""
+    return markdown_table(["configuration", "hours a run", score, "on the front"],
+                          [[name, f"{hours:.3g}", f"{miou:.4f}", "yes" if name in front else ""]
+                           for name, (hours, miou) in points.items()])

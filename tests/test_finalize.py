@@ -32,9 +32,14 @@ from torchvision.models import resnet101
 import hpo.finalize
 import hpo.search
 import segtrain.engine
+from hpo.cost import CostModel
+from hpo.estimate import Estimator
 from hpo.finalize import cli, main
-from search_helpers import write_spec
+from hpo.probe import matching_probe
+from hpo.spec import load_spec
+from search_helpers import write_probe, write_spec
 from segtrain.cli import run
+from segtrain.config import TrainConfig
 from segtrain.engine import CHECKPOINT, train
 
 TRAIN = """
@@ -350,6 +355,12 @@ def test_report_has_the_table_comparisons_factors_importance_and_published_figur
             re.search(rf"Kendall's tau = {tau:+.2f} \(n = 2, p = 1\)", rank)) and "schedule `poly`" in rank
     assert "winner's curse" in rank
     assert "## Search summary" in report and "study fin: 2 complete (0 diverged), 0 pruned, 0 failed" in report
+    cost = report.split("## Cost and accuracy")[1].split("\n## ")[0]
+    for configuration in data["configurations"]:  # hours a run: the mean of its runs' seconds
+        seconds = [r["seconds"] for r in data["runs"] if r["configuration"] == configuration["configuration"]]
+        assert re.search(rf"^\| {re.escape(configuration['configuration'])} +\| {sum(seconds) / 2 / 3600:.3g} +\| "
+                         rf"{configuration['miou']['mean']:.4f} +\| (yes)? +\|", cost, re.M), configuration
+    assert "On the front: " in cost and "In the search (2 complete feasible trials" in cost
     factors = report.split("## What each factor does")[1].split("\n## ")[0]
     for param in ("lr", "optimizer", "momentum"):
         assert re.search(rf"^\| {param} +\| trials at 1st eval +\|", factors, re.M), param
@@ -376,8 +387,9 @@ def test_terminal_table_is_aligned(finalized):
 
 def test_figures_html_is_self_contained_and_holds_the_figures_data(finalized):
     page = finalized["files"]["figures.html"]
-    assert page.count("Plotly.newPlot(") == 7 and "<script src=" not in page  # plotly.js inlined, once
+    assert page.count("Plotly.newPlot(") == 9 and "<script src=" not in page  # plotly.js inlined, once
     for figure_id in ("optimization-history", "param-importances", "factor-effects", "parallel-coordinate",
+                      "cost-final", "cost-search",
                       "slice", "learning-curves", "per-class-iou"):
         assert f'id="{figure_id}"' in page
     study = optuna.load_study(study_name="fin", storage="sqlite:///runs/fin/study.db")
@@ -400,6 +412,34 @@ def test_report_and_figures_are_attached_to_the_study(finalized):
         assert reader.read().decode() == finalized["files"]["report.md"]
     note = get_note(study)
     assert "Study `fin`" in note and "## Final results" in note and "r101-scratch" in note
+
+
+def test_dry_run_prints_the_runs_to_train_with_their_predicted_hours_and_trains_nothing(finalized, spec, weights,
+                                                                                       monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a dry run trained")
+
+    monkeypatch.setattr(hpo.finalize, "train", no_training)
+    monkeypatch.setattr(hpo.finalize, "evaluate_run", no_training)
+    argv = ["--study", str(spec), "--pretrained-weights", str(weights), "--seeds", "0", "1", "2", "--dry-run"]
+    code, out, _ = quiet(argv)
+    assert code == 0 and "5 configurations x 3 seeds: 5 runs to train (10 done), each scored under ss, os8" in out
+    assert "no prediction of device-hours (no probe at runs/fin/probe.json)" in out
+    assert [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")][1:] == CONFIGURATIONS
+
+    write_probe(spec, lambda corner: 0.5)  # every configuration trains at 2 images/s here
+    estimator = Estimator(load_spec(spec), CostModel(matching_probe(load_spec(spec))[0]))
+    code, out, _ = quiet(argv)
+    assert code == 0
+    data = json.loads(finalized["files"]["results.json"])
+    configs = {c["configuration"]: TrainConfig.from_dict(c["config"]) for c in data["configurations"]}
+    hours = {name: estimator.final_run_hours(config) for name, config in configs.items()}
+    for name in CONFIGURATIONS:  # seed 2 is new: one run to train each, at its own predicted cost
+        row = next(line for line in out.splitlines() if line.startswith(f"| {name} "))
+        assert [cell.strip() for cell in row.split("|")[3:7]] == ["1/3", "1", f"{hours[name]:.3g}",
+                                                                   f"{hours[name]:.3g}"]
+    assert f"predicted {sum(hours.values()):.3g} CPU-hours on test device" in out
+    assert not (FINAL / "resnet101-r101-scratch").exists() and not list(FINAL.glob("*/seed-2"))
 
 
 def test_console_script_is_this_cli():

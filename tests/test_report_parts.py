@@ -5,6 +5,7 @@ both importance rankings, the published figures' protocol matching, and the eval
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import optuna
@@ -13,7 +14,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 from scipy import stats as scipy_stats
 
-from hpo import compare, report, stats, tables
+from hpo import compare, pareto, report, stats, tables
 from hpo.factors import effects, importances
 from hpo.published import PUBLISHED, matches
 from hpo.results import Configuration, FinalRun, protocols_of, summarize
@@ -236,3 +237,34 @@ def test_results_json_holds_the_statistics_the_issue_names(summaries):
         [True] * 3
     assert {c["verdict"] for c in data["comparisons"]} <= {"better", "worse", "inconclusive"}
     assert data["protocols"] == ["ss"] and len(data["runs"]) == 12
+
+
+def test_the_pareto_front_is_what_no_other_configuration_beats_on_both_hours_and_miou():
+    cheap, better, dominated, best = (configuration(name, ("top",)) for name in ("cheap", "better", "worse", "best"))
+    summaries = summarize([*runs(cheap, [0.60, 0.60, 0.60]), *runs(better, [0.70, 0.70, 0.70]),
+                           *runs(dominated, [0.65, 0.65, 0.65]), *runs(best, [0.80, 0.80, 0.80])])
+    hours = {"cheap": 1.0, "better": 2.0, "worse": 3.0, "best": 4.0}
+    points = {name: (hours[name], miou) for name, (_, miou) in pareto.final_points(summaries).items()}
+    assert pareto.final_points(summaries)["best"] == (pytest.approx(60.0 / 3600), pytest.approx(0.80))  # runs' 60 s
+    assert pareto.front(pareto.cost_study(points)) == ["cheap", "better", "best"]  # "worse" costs more, scores less
+    table = tables.cost_table(points, ["cheap", "better", "best"], "mIoU ss")
+    assert "| worse         | 3           | 0.6500  |              |" in table
+    assert "| best          | 4           | 0.8000  | yes          |" in table
+
+
+def test_the_seeded_recipes_are_listed_with_their_source_outcome_and_rank():
+    study = optuna.create_study(direction="maximize")
+    distributions = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
+
+    def trial(value, lr, state=TrialState.COMPLETE, **attrs):
+        return optuna.trial.create_trial(state=state, value=value, params={"lr": lr}, distributions=distributions,
+                                         user_attrs={"seconds": 1.0, **attrs}, intermediate_values={1: 0.1})
+
+    study.add_trials([trial(0.6, 0.001, baseline=True), trial(0.7, 0.007, recipe="paper", source="Chen et al."),
+                      trial(None, 0.02, TrialState.PRUNED, recipe="torchvision", source="references/segmentation"),
+                      trial(0.8, 0.05)])
+    text = "\n".join(report.recipe_lines(study))
+    assert re.search(r"^\| 1 +\| paper +\| mIoU 0\.7000 +\| 2 of 3 +\| Chen et al\. +\|", text, re.M)
+    assert re.search(r"^\| 2 +\| torchvision +\| pruned at evaluation 1 +\| - +\| references/segmentation +\|",
+                     text, re.M)
+    assert report.recipe_lines(optuna.create_study()) == []  # no [recipes]: no section
