@@ -21,8 +21,8 @@ What differs from a real lab, and nothing else:
     optuna-dashboard               not started (a server): its command must be the one hpo.search
                                    printed, and `optuna-dashboard --help` must show --host and --port
 
-The finalize commands are tested on their own, in test_guide_finalize_commands: they need
-hpo.finalize, which lands on a separate branch.
+The finalize commands are tested on their own, in test_guide_finalize_commands, after the
+others have made the studies they finalize.
 """
 
 from __future__ import annotations
@@ -201,9 +201,15 @@ def run_dashboard(lab: Lab, words: list[str], capsys) -> None:
 
 def run_finalize(lab: Lab, words: list[str], capsys) -> None:
     """The guide's promise: the final table (top configuration, baseline, ResNet-101 pretrained and from
-    scratch, each with its seeds and mIoU), reported on val while the search selected on holdout."""
-    run_python_module(lab, words, capsys)
+    scratch, each with its seeds and mIoU), reported on val while the search selected on holdout; with
+    --dry-run, the plan and nothing trained."""
     final = Path("runs") / study_name(lab, words) / "final"
+    if "--dry-run" in words:
+        out = run_python_module(lab, words, capsys)
+        assert re.search(r"finalize: \d+ configurations x 1 seeds: \d+ runs to train", out), out
+        assert "| top-1 " in out and "| r101-scratch " in out and not final.exists()
+        return
+    run_python_module(lab, words, capsys)
     for name in ("report.md", "results.csv", "results.json"):
         assert (final / name).is_file(), f"{final / name} missing"
     assert list(final.glob("*.html")), f"no figures in {final}"
@@ -276,13 +282,11 @@ def test_guide_commands(lab: Lab, capsys: pytest.CaptureFixture[str]):
     assert len(lab.dashboards) == 2  # voc-r50 and demo
 
 
-# ---- needs hpo.finalize (branch `finalize`): passes once it is merged ----
-
 def test_guide_finalize_commands(lab: Lab, capsys: pytest.CaptureFixture[str]):
     lab.run_guide(capsys)
     if not lab.weights.exists():
         torch.save(torchvision.models.resnet101().state_dict(), lab.weights)
     finalize = [command for command in guide_commands() if runner_for(shlex.split(command)).needs_finalize]
-    assert len(finalize) == 3
+    assert len(finalize) == 4
     for command in finalize:
         lab.run(command, capsys)
