@@ -44,6 +44,15 @@ def random_deeplab(output_stride: int = 16, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """The module's working directory, shared by its tests: runs/ of its studies goes there."""
+    directory = tmp_path_factory.mktemp(request.module.__name__.removeprefix("test_"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(directory)
+        yield directory
+
+
 @pytest.fixture
 def voc_sample_copy(tmp_path: Path) -> Path:
     """VOC2012 dir of a writable copy of the real sample, for breaking files."""

@@ -25,14 +25,6 @@ SECONDS_PER_IMAGE = 0.1  # training; evaluation a hundredth of it (write_probe)
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("plan")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(directory)
-        yield directory
-
-
-@pytest.fixture(scope="module")
 def demo(workdir):
     """studies/demo.toml planned in its own output dir, on a probe where everything trains at 10 images/s."""
     output_dir = workdir / "demo"

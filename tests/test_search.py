@@ -44,15 +44,6 @@ def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A working directory holding runs/ for the module's studies, and a shared data cache."""
-    directory = tmp_path_factory.mktemp("search")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(directory)
-        yield directory
-
-
 RECIPE = '[recipes.adam]\nsource = "a test recipe"\nlr = 0.01\noptimizer = "adam"\nbatch_size = 2\n'
 
 
