@@ -152,7 +152,7 @@ class Estimator:
         hours = (sum(seeded) + sampled * expected) * self.saving / 3600
         hours_max = (sum(seeded) + sampled * highest) * self.saving / 3600
         pruner = self.spec.pruner.type
-        saving = (f"x {self.saving:g} for {pruner} (measured on the demo study: docs/performance.md)"
+        saving = (f"x {self.saving:g} for {pruner} (benchmarks/pruning.py: docs/performance.md)"
                   if pruner in PRUNER_SAVING else f"x 1: no measured saving for the {pruner} pruner")
         note = (f"{len(seeded)} seeded + {sampled} sampled at {expected / 3600:.3g} h expected each, {saving}; "
                 f"{self.share_not_fitting:.0%} of the space predicted not to fit (ends at once, costs nothing)")
