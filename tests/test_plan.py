@@ -8,7 +8,7 @@ itself is measured once, on a tiny spec, with one step per corner.
 from __future__ import annotations
 
 import json
-import subprocess
+import runpy
 import sys
 
 import pytest
@@ -164,16 +164,16 @@ def test_the_probe_measures_every_corner_and_is_reused(workdir, capsys):
     assert "(reused," in capsys.readouterr().out and json.loads(path.read_text()) == written
 
 
-def test_the_documented_gpu_estimate_is_priced_by_the_planner_and_marked_assumed():
+def test_the_documented_gpu_estimate_is_priced_by_the_planner_and_marked_assumed(monkeypatch, capsys):
     """docs/gpu_estimate.py reproduces performance.md's table: the planner's bill on an assumed probe,
     so it scales with the assumed throughput and says it is no measurement."""
-    script = REPO / "docs" / "gpu_estimate.py"
 
     def total(images_per_second: str) -> tuple[float, str]:
-        done = subprocess.run([sys.executable, str(script), "--images-per-second", images_per_second],
-                              capture_output=True, text=True, check=True, cwd=REPO)
-        row = next(line for line in done.stdout.splitlines() if line.startswith("| total "))
-        return float(row.split("|")[5]), done.stdout
+        monkeypatch.setattr(sys, "argv", ["gpu_estimate.py", "--images-per-second", images_per_second])
+        runpy.run_path(str(REPO / "docs" / "gpu_estimate.py"), run_name="__main__")
+        out = capsys.readouterr().out
+        row = next(line for line in out.splitlines() if line.startswith("| total "))
+        return float(row.split("|")[5]), out
 
     at_20, out = total("20")
     at_40, _ = total("40")
