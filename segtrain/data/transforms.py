@@ -51,7 +51,7 @@ class RandomScale(v2.Transform):
 def _to_tensors() -> list[v2.Transform]:
     return [
         v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64}, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD, inplace=True),  # on ToDtype's fresh copy: one float buffer, not two
         v2.ToPureTensor(),
     ]
 
