@@ -8,7 +8,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -45,9 +45,27 @@ def random_deeplab(output_stride: int = 16, seed: int = 0) -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Path]:
+def module_tmp(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Callable[[str], Path]]:
+    """mktemp for a module's fixtures. The directories go when the module ends, unless one of its tests failed
+    (pytest keeps a failed test's tmp_path alike): each training run leaves a 0.3-0.5 GB checkpoint, and kept
+    to the end of the session they came to 10-15 GB, more than a CI machine's disk may have free."""
+    made: list[Path] = []
+    failed_before = request.session.testsfailed
+
+    def mktemp(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    if request.session.testsfailed == failed_before:
+        for directory in made:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def workdir(module_tmp: Callable[[str], Path], request: pytest.FixtureRequest) -> Iterator[Path]:
     """The module's working directory, shared by its tests: runs/ of its studies goes there."""
-    directory = tmp_path_factory.mktemp(request.module.__name__.removeprefix("test_"))
+    directory = module_tmp(request.module.__name__.removeprefix("test_"))
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(directory)
         yield directory

@@ -33,9 +33,9 @@ def snapshot(storage: str) -> tuple:
 
 
 @pytest.fixture(scope="module")
-def existing(tmp_path_factory):
+def existing(module_tmp):
     """A finished 2-trial study whose storage lies outside runs/: (working dir, spec, storage, snapshot)."""
-    directory = tmp_path_factory.mktemp("existing")
+    directory = module_tmp("existing")
     storage = f"sqlite:///{directory / 'store' / 'study.db'}"
     spec = write_spec(directory, NAME, directory / "cache", train=CHEAP_TRAIN, study=f'storage = "{storage}"\n')
     with pytest.MonkeyPatch.context() as patch:

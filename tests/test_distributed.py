@@ -68,9 +68,9 @@ def assert_same_training(two: list[EvalResult], one: list[EvalResult]) -> None:
 
 
 @pytest.fixture(scope="module")
-def one_process(synthetic_voc, tmp_path_factory):
+def one_process(synthetic_voc, module_tmp):
     """The single-process run, and a copy of the checkpoint it wrote at its first evaluation."""
-    run_dir, halfway = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("halfway")
+    run_dir, halfway = module_tmp("one"), module_tmp("halfway")
 
     def keep_first_checkpoint(result: EvalResult) -> None:
         if result.point == 1:

@@ -41,9 +41,9 @@ def comparable(history: list[EvalResult]) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(synthetic_voc, tmp_path_factory):
+def uninterrupted(synthetic_voc, module_tmp):
     seen: list[EvalResult] = []
-    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    run_dir = module_tmp("uninterrupted")
     return train(tiny(synthetic_voc), on_eval=seen.append, run_dir=run_dir), seen, run_dir
 
 

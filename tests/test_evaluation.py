@@ -48,9 +48,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def mixed_val(tmp_path_factory) -> VOCSegmentation:
+def mixed_val(module_tmp) -> VOCSegmentation:
     """8 val images of up to 64 px: several sizes, both orientations, some sizes shared, as in VOC."""
-    voc_dir = write_synthetic_voc(tmp_path_factory.mktemp("mixed"), train=2, val=8, size=64, seed=1)
+    voc_dir = write_synthetic_voc(module_tmp("mixed"), train=2, val=8, size=64, seed=1)
     dataset = VOCSegmentation(voc_dir, "val")
     sizes = dataset.image_sizes
     assert 1 < len(set(sizes)) < len(sizes)  # images of different sizes, and batch mates of the same size
@@ -58,9 +58,9 @@ def mixed_val(tmp_path_factory) -> VOCSegmentation:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(synthetic_voc, tmp_path_factory) -> Path:
+def tiny_run(synthetic_voc, module_tmp) -> Path:
     """A run dir of one training step (OS 16, 4 val images), with its checkpoint."""
-    run_dir = tmp_path_factory.mktemp("run")
+    run_dir = module_tmp("run")
     train(TrainConfig(data_root=str(synthetic_voc), train_split="train", val_split="val", pretrained=None,
                       crop_size=33, batch_size=2, epochs=0.25, eval_points=1, workers=0, device="cpu",
                       eval_batch_size=4), run_dir=run_dir)

@@ -93,10 +93,10 @@ def rows(text: str) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def workdir(module_tmp):
     """The module's cwd (runs/ goes there), and one intra-op thread: on tensors this small a second
     thread gains nothing, and on a shared 2-core machine its spin-waits made each run ~4x slower."""
-    directory = tmp_path_factory.mktemp("finalize")
+    directory = module_tmp("finalize")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -253,14 +253,14 @@ def runner_for(words: list[str]) -> Runner:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
+def lab(module_tmp: Callable[[str], Path]) -> Lab:
     """One intra-op thread, as in test_finalize: on tensors this small a second thread gains nothing, and
     on a shared 2-core machine its spin-waits slow every run."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with pytest.MonkeyPatch.context() as patch:
-            yield Lab(tmp_path_factory.mktemp("guide"), patch)
+            yield Lab(module_tmp("guide"), patch)
     finally:
         torch.set_num_threads(threads)
 

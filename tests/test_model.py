@@ -19,11 +19,11 @@ def aspp_rates(model) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def resnet50_state(tmp_path_factory):
+def resnet50_state(module_tmp):
     """A torchvision ResNet-50 state_dict on disk, standing in for downloaded ImageNet weights."""
     torch.manual_seed(123)
     state = torchvision.models.resnet50(weights=None).state_dict()
-    path = tmp_path_factory.mktemp("weights") / "resnet50-local.pth"
+    path = module_tmp("weights") / "resnet50-local.pth"
     torch.save(state, path)
     return path, state
 

@@ -155,11 +155,11 @@ def test_cli_writes_a_set_and_rejects_bad_values(tmp_path: Path, capsys: pytest.
 
 
 @pytest.fixture(scope="module")
-def miou_by_lr(tmp_path_factory) -> dict[float, float]:
+def miou_by_lr(module_tmp) -> dict[float, float]:
     """Final val mIoU of the same short SGD run (24 steps) at three learning rates."""
     from segtrain.engine import train
 
-    voc_dir = write_synthetic_voc(tmp_path_factory.mktemp("learnable"), train=48, val=12, size=64, classes=5, seed=1)
+    voc_dir = write_synthetic_voc(module_tmp("learnable"), train=48, val=12, size=64, classes=5, seed=1)
     base = TrainConfig(data_root=str(voc_dir), pretrained=None, head_lr_multiplier=1.0, crop_size=65,
                        batch_size=4, epochs=2.0, eval_points=1, workers=0, device="cpu", eval_batch_size=12)
     return {lr: train(base.replace(lr=lr)).final_miou for lr in (0.002, 0.02, 0.5)}
