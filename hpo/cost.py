@@ -168,9 +168,11 @@ def split_size(cfg: TrainConfig, split: str) -> tuple[int, str]:
         return VOC_SPLIT_SIZES[split], "VOC's published size (data not found)"
 
 
-def checkpoint_bytes(config: Mapping[str, Any]) -> int:
-    """A checkpoint's size: fp32 weights and the optimizer's buffers (from the parameter count)."""
-    state = OPTIMIZER_STATE[config["optimizer"]] if config["optimizer"] != "sgd" or config["momentum"] else 0
+def checkpoint_bytes(config: Mapping[str, Any], finished: bool = False) -> int:
+    """A checkpoint's size, from the parameter count: fp32 weights, and while the run trains the optimizer's
+    buffers (a finished run's checkpoint keeps the weights alone)."""
+    momentum = config["optimizer"] != "sgd" or config["momentum"]
+    state = OPTIMIZER_STATE[config["optimizer"]] if momentum and not finished else 0
     return BYTES_PER_VALUE * _parameters(config["backbone"], config["output_stride"], config["aux_loss"]) * (1 + state)
 
 

@@ -58,10 +58,10 @@ class Disk:
     """Checkpoints on the output dir's file system at the study's peak."""
 
     directory: Path
-    checkpoint_bytes: int  # the search's largest checkpoint: fp32 weights + optimizer state
-    kept_bytes: int  # the best keep_checkpoints trials keep theirs
+    checkpoint_bytes: int  # the search's largest checkpoint while it trains: fp32 weights + optimizer state
+    kept_bytes: int  # the best keep_checkpoints trials keep theirs: the weights alone, once finished
     running_bytes: int  # per worker: its trial's checkpoint and the next one being written beside it
-    final_bytes: int  # every final run keeps its checkpoint
+    final_bytes: int  # every final run keeps its checkpoint: the weights alone
     free_bytes: int | None  # free now on that file system
 
     @property
@@ -196,7 +196,7 @@ class Estimator:
         fixed = val * (config["eval_points"] * prediction.eval_seconds_per_image + self._protocol_seconds(config))
         if not prediction.fits:
             per_epoch = fixed = 0.0
-        return _RunCost(per_epoch, fixed, per_epoch, fixed, checkpoint_bytes(config), prediction.fits)
+        return _RunCost(per_epoch, fixed, per_epoch, fixed, checkpoint_bytes(config, finished=True), prediction.fits)
 
     def _protocol_seconds(self, config: Mapping[str, Any]) -> float:
         """Seconds per val image of the [finalize] eval protocols other than the run's own: a forward pass per
@@ -247,10 +247,11 @@ class Estimator:
 
     def _disk(self, rows: Sequence[Row]) -> Disk:
         checkpoint = max(checkpoint_bytes(point) for point in self.points)
+        kept = max(checkpoint_bytes(point, finished=True) for point in self.points)
         final = 0
         for row, (cost, _) in zip(rows[1:], self._rows.values()):
             final += row.runs * row.seeds * cost.checkpoint_bytes
-        return Disk(self.spec.study.output_dir, checkpoint, self.spec.study.keep_checkpoints * checkpoint,
+        return Disk(self.spec.study.output_dir, checkpoint, self.spec.study.keep_checkpoints * kept,
                     self.workers * 2 * checkpoint, final, _free_bytes(self.spec.study.output_dir))
 
     def _notes(self) -> tuple[str, ...]:

@@ -406,11 +406,14 @@ class _Run:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
 
     def save(self) -> None:
+        """A finished run keeps its weights alone: the optimizer's buffers (as large again as the weights with
+        momentum, twice with Adam) serve only to train on, and finalize keeps a checkpoint per run and seed."""
+        finished = self.step == self.budget.total_steps
         state = {
             "config": self.cfg.to_dict(), "step": self.step,
             "history": [dataclasses.asdict(h) for h in self.history],
             "train_seconds": self.train_seconds, "elapsed_seconds": self.elapsed(),
-            **self.training_state(),
+            **({"model": self.bare_model().state_dict()} if finished else self.training_state()),
         }
         write_atomic(self.run_dir / CHECKPOINT, lambda file: torch.save(state, file), size_hint=_tensor_bytes(state))
 
@@ -429,7 +432,14 @@ class _Run:
         if changed:
             raise UserError(f"{path}: made with a different config ({', '.join(changed)} differ); "
                             f"use another output dir or delete the checkpoint")
-        self.load_training_state(state)
+        if "optimizer" in state:
+            self.load_training_state(state)
+        elif state["step"] == self.budget.total_steps:  # a finished run: nothing left to train
+            self.bare_model().load_state_dict(state["model"])
+        else:
+            raise UserError(f"{path}: holds the weights of a run finished at step {state['step']}, but this one "
+                            f"plans {self.budget.total_steps} steps (its training split changed size?); "
+                            f"use another output dir or delete the checkpoint")
         self.step = state["step"]
         self.history = [EvalResult(**h) for h in state["history"]]
         self.train_seconds = state["train_seconds"]

@@ -45,7 +45,8 @@ def random_deeplab(output_stride: int = 16, seed: int = 0) -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def module_tmp(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Callable[[str], Path]]:
+def module_tmp(tmp_path_factory: pytest.TempPathFactory,
+               request: pytest.FixtureRequest) -> Iterator[Callable[[str], Path]]:
     """mktemp for a module's fixtures. The directories go when the module ends, unless one of its tests failed
     (pytest keeps a failed test's tmp_path alike): each training run leaves a 0.3-0.5 GB checkpoint, and kept
     to the end of the session they came to 10-15 GB, more than a CI machine's disk may have free."""
