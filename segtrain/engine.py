@@ -1,8 +1,8 @@
-"""One training run: `train(cfg)` -> TrainResult, evaluating mIoU at fixed fractions of the budget.
+"""One training run: `train(cfg)` -> TrainResult, evaluating mIoU at the budget's evaluation points.
 
-The budget is in epochs of the train split, and the k-th of `eval_points`
-evaluations falls after k/eval_points of it, so evaluation k means the same
-amount of data whatever the batch size: pruners compare like with like.
+The loop, its checkpoints and resume, and wsd's decay branches stay here together: a branch
+saves and restores exactly the state a checkpoint does, so the two are one job. What a run
+reports (segtrain.records) and its budget in steps (segtrain.budget) are plain data apart.
 
 Under the wsd schedule each evaluation but the last scores a decay branch: from the
 run's state at that point, the lr decays to 0 over a share of the steps done so far
@@ -22,7 +22,6 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,115 +33,34 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from segtrain.budget import Budget
 from segtrain.config import TrainConfig
 from segtrain.data import voc_dir_for
-from segtrain.data.transforms import eval_transform, train_transform
 from segtrain.data.labels import IGNORE_INDEX, NUM_CLASSES
+from segtrain.data.transforms import eval_transform, train_transform
 from segtrain.data.voc import VOCSegmentation
-from segtrain.distributed import (ProcessGroup, as_one_batch, join_process_group, leave_process_group,
-                                  main_process_first, on_main_process)
 from segtrain.device import amp_dtype_for, autocast, resolve_device
-from segtrain.errors import ConfigError, UserError, unwrap_worker_errors
-from segtrain.evaluation import CHECKPOINT, PRESETS, evaluate_model
+from segtrain.distributed import (
+    ProcessGroup,
+    as_one_batch,
+    join_process_group,
+    leave_process_group,
+    main_process_first,
+    on_main_process,
+)
+from segtrain.errors import UserError, unwrap_worker_errors
+from segtrain.evaluation import CHECKPOINT, OWN_PROTOCOL, PRESETS, evaluate_model
 from segtrain.fileio import write_atomic, write_json_atomic
 from segtrain.memory import peak_memory_bytes, reset_peak_memory
 from segtrain.model import build_model, count_parameters
 from segtrain.optim import build_optimizer, build_schedule, decay_branch_lrs
+from segtrain.records import RUNTIME_FIELDS, EvalResult, TrainingDiverged, TrainResult
 from segtrain.sampling import TrainStream
 
 log = logging.getLogger(__name__)
 
 AUX_LOSS_WEIGHT = 0.4
 SYNC_EVERY = 10  # steps between host syncs to read the loss (a sync every step stalls a GPU)
-# fields that may differ between a checkpoint and the run resuming it
-RUNTIME_FIELDS = {"data_root", "device", "workers"}
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    point: int  # k of cfg.eval_points: the step Optuna's pruners see
-    step: int  # optimizer steps done
-    epoch: float  # epochs of the train split done
-    images_seen: int
-    miou: float
-    pixel_accuracy: float
-    mean_class_accuracy: float
-    per_class_iou: list[float | None]
-    loss: float  # mean training loss since the previous evaluation (of the run, not of a branch)
-    seconds: float  # wall time since the run started
-    decay_steps: int = 0  # steps of the decay branch this score was taken after (wsd, before the last)
-    branch_epochs: float = 0.0  # epochs trained in decay branches so far, this one's included
-
-    @property
-    def epochs_trained(self) -> float:
-        """The compute spent so far, in epochs: the run's own and its decay branches'."""
-        return self.epoch + self.branch_epochs
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    config: TrainConfig
-    final_miou: float
-    best_miou: float
-    per_class_iou: list[float | None]  # at the end of training
-    pixel_accuracy: float
-    mean_class_accuracy: float
-    history: list[EvalResult]
-    steps: int
-    seconds: float  # wall time, training and evaluation
-    images_per_second: float  # training throughput
-    peak_memory_bytes: int  # this run's: CUDA, the allocator's peak reserved; CPU, peak resident set (segtrain.memory)
-    parameters: int
-    branch_steps: int = 0  # steps trained in decay branches (wsd), besides `steps`
-    eval_protocol: str | None = None  # how the mIoU figures were evaluated: segtrain.evaluation.Protocol.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "config": self.config.to_dict()}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainResult:
-        return cls(**{**values, "config": TrainConfig.from_dict(values["config"]),
-                      "history": [EvalResult(**h) for h in values["history"]]})
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; usually the learning rate is too high."""
-
-    def __init__(self, step: int, lr: float, loss: float):
-        super().__init__(f"loss became {loss} at step {step} (lr {lr:.4g})")
-        self.step, self.lr, self.loss = step, lr, loss
-
-
-@dataclass(frozen=True)
-class Budget:
-    total_steps: int
-    eval_steps: tuple[int, ...]  # step of evaluation k, k = 1..eval_points
-    warmup_steps: int
-    per_process_batch: int
-    decay_steps: int  # wsd: the run's decay, its last steps; 0 under poly
-    branch_steps: tuple[int, ...]  # wsd: steps of the decay branch before evaluation k; 0 at the last
-
-    @classmethod
-    def plan(cls, cfg: TrainConfig, train_images: int, world_size: int) -> Budget:
-        if cfg.batch_size % world_size:
-            raise ConfigError("batch_size", f"must be divisible by the {world_size} processes, "
-                                            f"got {cfg.batch_size}")
-        steps_per_epoch = train_images / cfg.batch_size
-        total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-        # evaluation k after k/eval_points of the images (to within half a batch), the last at the end
-        evals = sorted({max(1, math.floor(cfg.epochs * steps_per_epoch * k / cfg.eval_points + 0.5))
-                        for k in range(1, cfg.eval_points)} | {total})
-        if len(evals) < cfg.eval_points:
-            raise ConfigError("eval_points", f"{cfg.eval_points} evaluations do not fit in "
-                                             f"{total} training steps; raise epochs or lower eval_points")
-        decay, branches = 0, (0,) * len(evals)
-        if cfg.schedule == "wsd":
-            decay = max(1, math.floor(cfg.decay_fraction * total + 0.5))
-            # a branch of n steps after s makes s + n steps a complete run, n of them decaying
-            ratio = cfg.decay_fraction / (1 - cfg.decay_fraction)
-            branches = tuple(max(1, math.floor(step * ratio + 0.5)) for step in evals[:-1]) + (0,)
-        return cls(total, tuple(evals), round(cfg.warmup_epochs * steps_per_epoch),
-                   cfg.batch_size // world_size, decay, branches)
 
 
 def changed_fields(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
@@ -368,7 +286,7 @@ class _Run:
             steps=self.step, seconds=self.elapsed(), images_per_second=self.images_per_second(),
             peak_memory_bytes=peak_memory_bytes(self.device), parameters=self.parameters,
             branch_steps=sum(h.decay_steps for h in self.history),
-            eval_protocol=PRESETS["ss"].for_run(self.cfg.output_stride).name)
+            eval_protocol=PRESETS[OWN_PROTOCOL].for_run(self.cfg.output_stride).name)
         if self.writes:
             write_json_atomic(self.run_dir / "result.json", result.to_dict())
         return result

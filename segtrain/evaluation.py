@@ -94,8 +94,9 @@ class Protocol:
 
 
 # named protocols, for study specs and docs/results.md
+OWN_PROTOCOL = "ss"  # what a run's own evaluations are, during and at the end of training
 PRESETS = {
-    "ss": Protocol(),  # the run's output stride, single scale, no flip: what training evaluates
+    OWN_PROTOCOL: Protocol(),  # the run's output stride, single scale, no flip: what training evaluates
     "os8": Protocol(output_stride=8),
     "ms_flip": Protocol(scales=MULTI_SCALES, flip=True),
     "os8_ms_flip": Protocol(output_stride=8, scales=MULTI_SCALES, flip=True),  # the paper's strongest on val
