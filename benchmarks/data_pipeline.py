@@ -26,10 +26,20 @@ import numpy as np
 import PIL.Image
 import torch
 import torchvision.transforms.functional as TF
+from common import (
+    ForkedWorker,
+    interleaved,
+    machine,
+    median,
+    parse_args,
+    print_table,
+    result,
+    spread,
+    timed,
+    write_voc_pairs,
+)
 from torchvision.transforms import InterpolationMode, v2
 
-from common import (ForkedWorker, interleaved, machine, median, parse_args, print_table, result, spread, timed,
-                    write_voc_pairs)
 from segtrain.data.labels import IGNORE_INDEX
 from segtrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD, MEAN_PIXEL, train_transform
 from segtrain.data.voc import VOCSegmentation, read_image, read_mask

@@ -25,9 +25,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from common import interleaved, machine, median, parse_args, print_table, result, spread, timed
 from torch.utils.data import DataLoader
 
-from common import interleaved, machine, median, parse_args, print_table, result, spread, timed
 from segtrain.data.labels import IGNORE_INDEX, NUM_CLASSES
 from segtrain.data.synthetic import write_synthetic_voc
 from segtrain.data.voc import VOCSegmentation

@@ -19,9 +19,9 @@ import math
 
 import numpy as np
 import torch
+from common import interleaved, machine, median, parse_args, print_table, result, spread, timed
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from common import interleaved, machine, median, parse_args, print_table, result, spread, timed
 from segtrain.metrics import ConfusionMatrix
 
 CLASSES = 21

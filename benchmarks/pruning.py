@@ -41,15 +41,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from common import machine, parse_args, print_table, result
 from scipy.stats import kendalltau
 
-from common import machine, parse_args, print_table, result
 from hpo.space import suggest, train_overrides
 from hpo.spec import StudySpec, load_spec
 from segtrain.config import TrainConfig
 from segtrain.data import voc_dir_for
 from segtrain.data.voc import read_split_ids
-from segtrain.engine import EvalResult, TrainingDiverged, train
+from segtrain.engine import train
+from segtrain.records import EvalResult, TrainingDiverged
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "demo.toml"
 GROUND_POINTS = 8  # evaluations of the ground-truth runs; every candidate's evaluations are a subset

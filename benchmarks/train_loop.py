@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from common import interleaved, machine, median, parse_args, print_table, result, spread, timed
+
 from segtrain.config import TrainConfig
 from segtrain.data.synthetic import write_synthetic_voc
 from segtrain.distributed import ProcessGroup

@@ -15,9 +15,9 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
-from hpo import probe
-from hpo.cost import CostModel
-from hpo.estimate import Estimator, describe
+from hpo.plan import probe
+from hpo.plan.cost import CostModel
+from hpo.plan.estimate import Estimator, describe
 from hpo.spec import load_spec
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "voc_r50.toml"

@@ -1,4 +1,16 @@
-"""The hyperparameter study: Optuna around segtrain (spec, search space, search, finalize, report)."""
+"""The hyperparameter study: Optuna around segtrain, one package per phase.
+
+    spec/, space.py   the study file and its search space: plain data, at the bottom
+    trials.py         what a finished trial says (outcome, compute, feasibility, ranking)
+    storage_urls.py, markdown.py, cli.py   small pieces every phase shares
+    plan/             probe, cost model, bill, budget cut         python -m hpo.plan
+    search/           objective, storage, workers, search loop    python -m hpo.search
+    report/           statistics, comparisons, tables, figures, report.md
+    finalize/         selection, final runs, workflow             python -m hpo.finalize
+
+Imports go down only: plan below search; report beside search, below finalize; finalize
+at the top. hpo imports segtrain, never the reverse.
+"""
 
 import warnings
 

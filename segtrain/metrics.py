@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+
 @dataclass(frozen=True)
 class Scores:
     miou: float  # mean IoU over the classes present in prediction or target

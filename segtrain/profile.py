@@ -10,7 +10,7 @@ Peak memory means what must fit the device (segtrain.memory): on CUDA the most t
 caching allocator held; on CPU the growth of the process's peak resident set over its
 size before the model was built.
 
-Used by hpo.probe (a study's cost corners) and benchmarks/scaling.py.
+Used by hpo.plan.probe (a study's cost corners) and benchmarks/scaling.py.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from segtrain.config import TrainConfig
 from segtrain.data.labels import NUM_CLASSES
-from segtrain.distributed import ProcessGroup
 from segtrain.device import amp_dtype_for
+from segtrain.distributed import ProcessGroup
 from segtrain.engine import AUX_LOSS_WEIGHT, _Run
 from segtrain.evaluation import score_batches
 from segtrain.memory import peak_memory_bytes, release_freed_memory, reset_peak_memory, resident_bytes

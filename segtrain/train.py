@@ -18,8 +18,9 @@ from pathlib import Path
 from segtrain.cli import ArgumentParser, run
 from segtrain.config import TrainConfig, field_names, field_type, read_config_file
 from segtrain.distributed import launched_rank
-from segtrain.engine import TrainResult, train
+from segtrain.engine import train
 from segtrain.errors import UserError
+from segtrain.records import TrainResult
 
 HELP = {
     "data_root": "VOC root: the folder holding VOCdevkit/, VOCdevkit/ or VOC2012/ (default: $VOC_ROOT); "

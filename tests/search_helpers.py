@@ -93,7 +93,7 @@ def write_probe(spec_path: Path, seconds_per_image, memory_bytes=lambda corner: 
     corners: a hundredth of the first), `limit_bytes` the device's memory."""
     import dataclasses
 
-    from hpo import probe
+    from hpo.plan import probe
     from hpo.spec import load_spec
 
     spec = load_spec(spec_path)

@@ -16,9 +16,9 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna_dashboard import get_note
-
-from hpo.search import main
 from search_helpers import CHEAP_TRAIN, TINY_SPACE, write_spec
+
+from hpo.search.cli import main
 from segtrain.cli import run
 from tests.conftest import VOC_SAMPLE
 

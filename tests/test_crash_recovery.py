@@ -15,18 +15,18 @@ import pytest
 import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
-
 from search_helpers import CHEAP_TRAIN, load_study, python_path_env, write_spec
+
 from segtrain.engine import CHECKPOINT
 
 # hpo.search whose trials stop after their first evaluation (and checkpoint), as if the
 # rest of the trial took an hour: the test kills the process there
 STALL_AFTER_FIRST_EVALUATION = """
 import sys, time
-import hpo.objective
-from hpo.search import cli
+import hpo.search.objective
+from hpo.search.cli import cli
 
-train = hpo.objective.train
+train = hpo.search.objective.train
 
 def stalling_train(cfg, on_eval, **kwargs):
     def report(result):
@@ -35,7 +35,7 @@ def stalling_train(cfg, on_eval, **kwargs):
             time.sleep(3600)
     return train(cfg, on_eval=report, **kwargs)
 
-hpo.objective.train = stalling_train
+hpo.search.objective.train = stalling_train
 cli()
 """
 

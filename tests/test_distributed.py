@@ -17,15 +17,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import torch
 
 from segtrain.config import TrainConfig
 from segtrain.data.synthetic import write_synthetic_voc
 from segtrain.data.voc import VOCSegmentation
-from segtrain.engine import CHECKPOINT, EvalResult, train
+from segtrain.engine import CHECKPOINT, train
 from segtrain.evaluation import predictions
 from segtrain.metrics import ConfusionMatrix
+from segtrain.records import EvalResult
 from tests.conftest import random_deeplab
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,13 +18,14 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import segtrain.engine
+from segtrain.budget import Budget
 from segtrain.config import TrainConfig
 from segtrain.data.synthetic import write_synthetic_voc
-from segtrain.engine import (CHECKPOINT, Budget, EvalResult, TrainingDiverged, TrainResult, _Run, changed_fields,
-                             train)
+from segtrain.engine import CHECKPOINT, _Run, changed_fields, train
 from segtrain.errors import UserError
 from segtrain.memory import peak_memory_bytes
 from segtrain.optim import decay_branch_lrs
+from segtrain.records import EvalResult, TrainingDiverged, TrainResult
 
 
 class Stop(Exception):

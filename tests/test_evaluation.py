@@ -30,8 +30,15 @@ from segtrain.data.voc import VOCSegmentation
 from segtrain.engine import CHECKPOINT, train
 from segtrain.errors import ConfigError
 from segtrain.evaluate import main
-from segtrain.evaluation import (PRESETS, Protocol, evaluate_model, evaluate_run, load_run_model, predictions,
-                                 same_size_batches)
+from segtrain.evaluation import (
+    PRESETS,
+    Protocol,
+    evaluate_model,
+    evaluate_run,
+    load_run_model,
+    predictions,
+    same_size_batches,
+)
 from segtrain.metrics import ConfusionMatrix
 from tests.conftest import random_deeplab
 

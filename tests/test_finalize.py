@@ -27,17 +27,18 @@ import torchvision.models._api
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
 from optuna.trial import TrialState
 from optuna_dashboard import get_note
+from search_helpers import write_probe, write_spec
 from torchvision.models import resnet101
 
-import hpo.finalize
-import hpo.search
+import hpo.finalize.runs
+import hpo.report.document
+import hpo.search.cli
 import segtrain.engine
-from hpo.cost import CostModel
-from hpo.estimate import Estimator
-from hpo.finalize import cli, main
-from hpo.probe import matching_probe
+from hpo.finalize.cli import cli, main
+from hpo.plan.cost import CostModel
+from hpo.plan.estimate import Estimator
+from hpo.plan.probe import matching_probe
 from hpo.spec import load_spec
-from search_helpers import write_probe, write_spec
 from segtrain.cli import run
 from segtrain.config import TrainConfig
 from segtrain.engine import CHECKPOINT, train
@@ -113,7 +114,7 @@ def spec(workdir) -> Path:
     """A searched study: the baseline and one sampled trial, both complete."""
     path = write_spec(workdir, "fin", workdir / "cache", train=TRAIN, space=SPACE, baseline=BASELINE,
                       pruner='type = "none"', extra=FINALIZE)
-    assert run(hpo.search.main, ["--study", str(path), "--trials", "2"]) == 0
+    assert run(hpo.search.cli.main, ["--study", str(path), "--trials", "2"]) == 0
     return path
 
 
@@ -146,7 +147,7 @@ def finalized(spec, weights):
             return train(cfg, **kwargs)
         return fake_train
 
-    evaluate_run = hpo.finalize.evaluate_run
+    evaluate_run = hpo.finalize.runs.evaluate_run
 
     def record_evaluation(calls):
         def fake_evaluate_run(run_dir, protocol, **kwargs):
@@ -166,13 +167,13 @@ def finalized(spec, weights):
     argv = ["--study", str(spec), "--pretrained-weights", str(weights)]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(segtrain.engine, "build_model", record_model)
-        patch.setattr(hpo.finalize, "train", record(first))
-        patch.setattr(hpo.finalize, "evaluate_run", record_evaluation(evaluated["first"]))
+        patch.setattr(hpo.finalize.runs, "train", record(first))
+        patch.setattr(hpo.finalize.runs, "evaluate_run", record_evaluation(evaluated["first"]))
         interrupted = quiet(argv)
         after_interrupt = {p.parent.parent.name.rsplit("-", 1)[0] + "/" + p.parent.name: p.name
                            for p in sorted(FINAL.glob("*/seed-*/*")) if p.name in ("result.json", CHECKPOINT)}
-        patch.setattr(hpo.finalize, "train", record(second))
-        patch.setattr(hpo.finalize, "evaluate_run", record_evaluation(evaluated["second"]))
+        patch.setattr(hpo.finalize.runs, "train", record(second))
+        patch.setattr(hpo.finalize.runs, "evaluate_run", record_evaluation(evaluated["second"]))
         completed = quiet(argv)
     return {"first": first, "second": second, "built": built, "evaluated": evaluated, "interrupted": interrupted,
             "after_interrupt": after_interrupt, "completed": completed,
@@ -372,7 +373,7 @@ def test_report_has_the_table_comparisons_factors_importance_and_published_figur
     published = report.split("## Published reference figures (not measured here)")[1]
     assert "77.21" in published and "arxiv.org/abs/1706.05587" in published and "synthetic" in published
     link = re.search(r"\[docs/results.md\]\(([^)]+)\)", published).group(1)
-    assert (FINAL / link).resolve() == hpo.report.DOCS_RESULTS
+    assert (FINAL / link).resolve() == hpo.report.document.DOCS_RESULTS
     assert "[figures.html](figures.html)" in report and "PNG figures" in report
 
 
@@ -419,8 +420,8 @@ def test_dry_run_prints_the_runs_to_train_with_their_predicted_hours_and_trains_
     def no_training(*args, **kwargs):
         raise AssertionError("a dry run trained")
 
-    monkeypatch.setattr(hpo.finalize, "train", no_training)
-    monkeypatch.setattr(hpo.finalize, "evaluate_run", no_training)
+    monkeypatch.setattr(hpo.finalize.runs, "train", no_training)
+    monkeypatch.setattr(hpo.finalize.runs, "evaluate_run", no_training)
     argv = ["--study", str(spec), "--pretrained-weights", str(weights), "--seeds", "0", "1", "2", "--dry-run"]
     code, out, _ = quiet(argv)
     assert code == 0 and "5 configurations x 3 seeds: 5 runs to train (10 done), each scored under ss, os8" in out
@@ -459,7 +460,7 @@ def test_weights_unavailable_is_that_rows_status_and_everything_else_completes(f
         return train(cfg, **kwargs)
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
-    monkeypatch.setattr(hpo.finalize, "train", record)
+    monkeypatch.setattr(hpo.finalize.runs, "train", record)
     code, out, _ = quiet(["--study", str(spec)])  # no --pretrained-weights: torchvision's download
     assert code == 0
     assert [(cfg.pretrained, cfg.seed) for cfg in calls] == [("imagenet", 0)]  # tried once, nothing retrained

@@ -44,11 +44,11 @@ import pytest
 import torch
 import torchvision
 from optuna.trial import TrialState
+from search_helpers import TINY_RUN, TINY_TRAIN, write_spec
+from test_prepare import write_sbd, write_voc
 
 from hpo.spec import load_spec
-from search_helpers import TINY_RUN, TINY_TRAIN, write_spec
 from segtrain.data.voc import read_split_ids
-from test_prepare import write_sbd, write_voc
 
 GUIDE = Path(__file__).parents[1] / "docs" / "guide.md"
 NOT_RUN = {"python -m segtrain.data prepare --root /data/voc --download": "downloads a few GB"}

@@ -13,13 +13,13 @@ import sys
 
 import pytest
 import torch
-
-from hpo import probe
-from hpo.cost import CostModel
-from hpo.estimate import Estimator
-from hpo.plan import main
-from hpo.spec import load_spec
 from search_helpers import CHEAP_TRAIN, REPO, write_probe, write_spec
+
+from hpo.plan import probe
+from hpo.plan.cli import main
+from hpo.plan.cost import CostModel
+from hpo.plan.estimate import Estimator
+from hpo.spec import load_spec
 from segtrain.cli import run
 
 DEMO = REPO / "studies" / "demo.toml"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import optuna
 import sqlalchemy
-
-from hpo.search import main
-from hpo.storage import StudyLock
 from search_helpers import CHEAP_TRAIN, assert_exactly_finished, python_path_env, write_spec
+
+from hpo.search.cli import main
+from hpo.search.storage import StudyLock
 from segtrain.cli import run
 
 

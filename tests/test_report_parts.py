@@ -14,15 +14,15 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 from scipy import stats as scipy_stats
 
-from hpo import compare, pareto, report, stats, tables
-from hpo.factors import effects, importances
-from hpo.published import PUBLISHED, matches
-from hpo.results import Configuration, FinalRun, protocols_of, summarize
+from hpo.report import compare, document, pareto, stats, tables
+from hpo.report.factors import effects, importances
+from hpo.report.published import PUBLISHED, matches
+from hpo.report.results import Configuration, FinalRun, protocols_of, summarize
 from hpo.space import Param
 from hpo.spec import load_spec
 from segtrain.config import TrainConfig
-from segtrain.engine import TrainResult
 from segtrain.evaluation import MULTI_SCALES
+from segtrain.records import TrainResult
 
 SEEDS = (0, 1, 2)
 PROTOCOLS = {"os8": {"output_stride": 8, "scales": [1.0], "flip": False},  # as evaluate_run records them
@@ -162,11 +162,11 @@ def test_the_splits_sentence_says_whether_selection_biases_the_table(tmp_path):
     same.write_text('[space]\nlr = {type = "float", low = 0.001, high = 0.1}\n'
                     '[finalize]\ntrain_split = "train"\n')
     spec = load_spec(held_out)
-    assert report.selection_sentence(spec, spec.finalize) == (
+    assert document.selection_sentence(spec, spec.finalize) == (
         "The search trained on `train_aug_search` and selected on `holdout`; this table reports `val`, which the "
         "search never scored, so the selection does not bias it.")
     spec = load_spec(same)
-    assert report.selection_sentence(spec, spec.finalize).startswith(
+    assert document.selection_sentence(spec, spec.finalize).startswith(
         "The search selected its configurations on `val`, the split this table reports, so")
     assert "finalize retrains on `train` and reports on `val`, the split the search selected on." in spec.to_markdown()
 
@@ -179,7 +179,7 @@ def test_the_splits_sentence_says_whether_selection_biases_the_table(tmp_path):
 def test_the_search_schedule_is_named_with_its_settings(tmp_path, train, expected):
     path = tmp_path / "s.toml"
     path.write_text(f'[train]\n{train}\n[space]\nlr = {{type = "float", low = 0.001, high = 0.1}}\n')
-    assert report.schedule_text(load_spec(path)) == expected
+    assert document.schedule_text(load_spec(path)) == expected
 
 
 SPACE = (Param("lr", "float", low=1e-4, high=1e-1, log=True), Param("output_stride", "categorical", choices=(8, 16)))
@@ -263,8 +263,8 @@ def test_the_seeded_recipes_are_listed_with_their_source_outcome_and_rank():
     study.add_trials([trial(0.6, 0.001, baseline=True), trial(0.7, 0.007, recipe="paper", source="Chen et al."),
                       trial(None, 0.02, TrialState.PRUNED, recipe="torchvision", source="references/segmentation"),
                       trial(0.8, 0.05)])
-    text = "\n".join(report.recipe_lines(study))
+    text = "\n".join(document.recipe_lines(study))
     assert re.search(r"^\| 1 +\| paper +\| mIoU 0\.7000 +\| 2 of 3 +\| Chen et al\. +\|", text, re.M)
     assert re.search(r"^\| 2 +\| torchvision +\| pruned at evaluation 1 +\| - +\| references/segmentation +\|",
                      text, re.M)
-    assert report.recipe_lines(optuna.create_study()) == []  # no [recipes]: no section
+    assert document.recipe_lines(optuna.create_study()) == []  # no [recipes]: no section

@@ -15,14 +15,15 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from optuna_dashboard import get_note
-
-import hpo.objective
-from hpo.plan import main as plan_main
-from hpo.search import main
 from search_helpers import CHEAP_TRAIN, TINY_BASELINE, TINY_TRAIN, write_probe, write_spec
+
+import hpo.search.objective
+from hpo.plan.cli import main as plan_main
+from hpo.search.cli import main
 from segtrain.cli import run
 from segtrain.config import TrainConfig
-from segtrain.engine import CHECKPOINT, TrainingDiverged, TrainResult, train
+from segtrain.engine import CHECKPOINT, train
+from segtrain.records import TrainingDiverged, TrainResult
 
 
 @pytest.fixture
@@ -160,7 +161,7 @@ def test_diverged_and_out_of_memory_trials_end_with_their_reason(workdir, monkey
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return train(cfg, on_eval=on_eval, **kwargs)
 
-    monkeypatch.setattr(hpo.objective, "train", diverge_or_run_out_of_memory)
+    monkeypatch.setattr(hpo.search.objective, "train", diverge_or_run_out_of_memory)
     assert run(main, ["--study", str(spec), "--trials", "3"]) == 0
     study = load("faults")
     diverged, oom = study.trials[0], study.trials[1]
@@ -183,7 +184,7 @@ def test_ctrl_c_fails_the_running_trial_and_the_next_run_retries_it(workdir, mon
             raise KeyboardInterrupt
         return train(cfg, **kwargs)
 
-    monkeypatch.setattr(hpo.objective, "train", interrupt_second)
+    monkeypatch.setattr(hpo.search.objective, "train", interrupt_second)
     capsys.readouterr()
     assert run(main, ["--study", str(spec), "--trials", "3"], prog="hpo.search") == 130
     study = load("interrupted")
@@ -230,7 +231,7 @@ def test_configurations_predicted_not_to_fit_end_without_training(workdir, monke
                 memory_bytes=lambda corner: corner.batch_size * 2 ** 30 if corner.kind == "train" else 2 ** 28)
     assert run(plan_main, ["--study", str(spec), "--memory-limit-gb", "1.5"], prog="hpo.plan") == 0
     trained = []
-    monkeypatch.setattr(hpo.objective, "train", lambda cfg, **kwargs: trained.append(cfg) or train(cfg, **kwargs))
+    monkeypatch.setattr(hpo.search.objective, "train", lambda cfg, **kwargs: trained.append(cfg) or train(cfg, **kwargs))
     capsys.readouterr()
     assert run(main, ["--study", str(spec), "--trials", "2"], prog="hpo.search") == 0
     assert not trained  # neither the baseline (batch 2) nor the recipe (batch 4) fits: nothing trained
@@ -257,7 +258,7 @@ def test_the_search_keeps_its_budget_and_a_larger_budget_resumes_it(workdir, mon
     write_probe(spec, lambda corner: 3600 / 8)  # 8 train images: an hour an epoch; evaluation ~0.005 h a trial
     caplog.set_level(logging.INFO, logger="hpo.search")
     trained = []
-    monkeypatch.setattr(hpo.objective, "train", lambda cfg, **kwargs: trained.append(cfg) or train(cfg, **kwargs))
+    monkeypatch.setattr(hpo.search.objective, "train", lambda cfg, **kwargs: trained.append(cfg) or train(cfg, **kwargs))
     argv = ["--study", str(spec), "--trials", "1"]
     capsys.readouterr()
     assert run(main, [*argv, "--budget-hours", "0.9"], prog="hpo.search") == 2  # below one trial: bad input

@@ -1,4 +1,4 @@
-"""hpo.selection on an in-memory study: the top-k (more trials than k, a duplicate, a tie, an infeasible
+"""hpo.finalize.selection on an in-memory study: the top-k (more trials than k, a duplicate, a tie, an infeasible
 trial), the baseline, the scratch arm's own recipe and the ablations, without training anything."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from hpo.selection import plan, ranked_trials
+from hpo.finalize.selection import plan
 from hpo.spec import load_spec
+from hpo.trials import ranked_trials
 from segtrain.errors import UserError
 
 SPEC = """

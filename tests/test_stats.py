@@ -1,4 +1,4 @@
-"""hpo.stats against values worked out by hand or from scipy's distributions in the test itself."""
+"""hpo.report.stats against values worked out by hand or from scipy's distributions in the test itself."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from hpo import stats
+from hpo.report import stats
 
 
 def test_sample_is_mean_sample_std_and_t_interval():

@@ -6,10 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
-
-from hpo.search import main
-from hpo.storage import dashboard_command, safe_url
 from search_helpers import CHEAP_TRAIN, write_spec
+
+from hpo.search.cli import main
+from hpo.storage_urls import dashboard_command, safe_url
 from segtrain.cli import run
 
 REPO = Path(__file__).resolve().parents[1]

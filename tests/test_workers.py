@@ -11,10 +11,10 @@ import time
 import pytest
 import torch
 from optuna.trial import TrialState
-
-from hpo.search import main
-from hpo.workers import WORKER_ENV, worker_env
 from search_helpers import CHEAP_TRAIN, assert_exactly_finished, load_study, python_path_env, write_spec
+
+from hpo.search.cli import main
+from hpo.search.workers import WORKER_ENV, worker_env
 from segtrain.cli import run
 
 

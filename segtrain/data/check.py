@@ -13,8 +13,17 @@ import numpy as np
 from tqdm import tqdm
 
 from segtrain.data.labels import CLASS_NAMES, IGNORE_INDEX
-from segtrain.data.voc import (SPLITS, image_path, mask_dir, mask_path, read_image, read_mask, read_split_ids,
-                               require_same_size, split_file)
+from segtrain.data.voc import (
+    SPLITS,
+    image_path,
+    mask_dir,
+    mask_path,
+    read_image,
+    read_mask,
+    read_split_ids,
+    require_same_size,
+    split_file,
+)
 from segtrain.errors import DataError
 
 OPTIONAL_SPLITS = ("train_aug", "train_aug_search", "holdout")  # need SBD; a VOC tree without them is complete

@@ -36,8 +36,15 @@ from torchvision.datasets.voc import DATASET_YEAR_DICT
 from tqdm import tqdm
 
 from segtrain.data.labels import IGNORE_INDEX, NUM_CLASSES, VOC_PALETTE
-from segtrain.data.voc import (image_path, mask_dir, mask_path, read_split_ids, split_file, split_holdout,
-                               write_split_ids)
+from segtrain.data.voc import (
+    image_path,
+    mask_dir,
+    mask_path,
+    read_split_ids,
+    split_file,
+    split_holdout,
+    write_split_ids,
+)
 from segtrain.errors import DataError, UserError
 from segtrain.fileio import write_atomic
 

@@ -1,6 +1,6 @@
 """Attach finalize's files and a note to the study, for optuna-dashboard (`--artifact-dir`).
 
-Imports optuna and optuna_dashboard only; hpo.report calls it with the files it wrote.
+Imports optuna and optuna_dashboard only; hpo.report.outputs calls it with the files it wrote.
 """
 
 from __future__ import annotations

@@ -32,23 +32,22 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hpo.cost import CostModel, TrialPricer
-from hpo.estimate import Estimator, Plan
-from hpo.probe import matching_probe, probe_path
+from hpo.plan.cost import CostModel, TrialPricer
+from hpo.plan.estimate import Estimator, Plan
+from hpo.plan.probe import matching_probe, probe_path
 from hpo.space import train_overrides
 from hpo.spec import StudySpec
+from hpo.trials import committed_seconds, spent_seconds
 from segtrain.device import resolve_device
 from segtrain.errors import UserError
-from segtrain.profile import device_name
 from segtrain.fileio import write_text_atomic
+from segtrain.profile import device_name
 
 log = logging.getLogger(__name__)
 
 GUIDED_TRIALS = 10  # trials after the sampler's startup ones that the cut keeps at least
 MIN_SEEDS = 3
 MIN_TOP_K = 4
-DEVICE_SECONDS = "device_seconds"  # user attr: wall seconds of the trial on its one device
-PREDICTED_SECONDS = "predicted_device_seconds"  # user attr: the cost model's price of the trial
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,19 +191,6 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     raise TypeError(f"no TOML form for {value!r} here")
-
-
-def spent_seconds(study: optuna.Study) -> float:
-    """Device-seconds the study's trials have used, all workers together (running ones so far)."""
-    return sum(trial.user_attrs.get(DEVICE_SECONDS, trial.user_attrs.get("seconds", 0.0))  # older trials: wall time
-               for trial in study.get_trials(deepcopy=False))
-
-
-def committed_seconds(study: optuna.Study, exclude: int | None = None) -> float:
-    """What the trials running now (but `exclude`) are predicted to need beyond what they used."""
-    return sum(max(0.0, trial.user_attrs.get(PREDICTED_SECONDS, 0.0) - trial.user_attrs.get(DEVICE_SECONDS, 0.0))
-               for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-               if trial.number != exclude)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,7 @@ backbone (ImageNet-pretrained), the splits (trained on train_aug, scored on val)
 training output stride and the evaluation protocol (output stride, scales, flip) are the
 same; what still differs (e.g. a center-cropped evaluation) is listed.
 
-Reads hpo.results; hpo.report and hpo.tables use it.
+Reads hpo.report.results; hpo.report.document and tables use it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hpo.results import EvalProtocol, Summary
+from hpo.report.results import EvalProtocol, Summary
 from segtrain.evaluation import MULTI_SCALES
 
 

@@ -2,7 +2,7 @@
 
 Plain functions on lists of floats (scipy.stats underneath), so that they can be
 checked against values computed by hand. Nothing here knows about runs or studies:
-hpo.results and hpo.compare call in, this module imports no other hpo module.
+hpo.report.results and compare call in; this module imports no other hpo module.
 
 A comparison of two configurations pairs their runs by seed (a seed fixes the
 initialisation of the head and the data order, so its two runs share part of their

@@ -4,10 +4,10 @@ A lab pays in device-hours, so a configuration is worth its cost when no other r
 at least its mIoU for at most its hours. The points (name -> hours, mIoU) go into an
 in-memory two-objective Optuna study, whose `best_trials` are that front and whose
 `plot_pareto_front` draws it: the search's complete trials (device-hours recorded by
-hpo.objective, scored on the search's val split) and the final configurations (mean
+the search, scored on the search's val split) and the final configurations (mean
 hours of a run and mean mIoU over the seeds, on finalize's split).
 
-Reads hpo.results and the search study; hpo.report and hpo.figures use it.
+Reads hpo.report.results, hpo.trials and the search study; hpo.report.document and figures use it.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import TrialState
 
-from hpo.budget import DEVICE_SECONDS
-from hpo.objective import feasible
-from hpo.results import OWN_PROTOCOL, Summary
+from hpo.report.results import OWN_PROTOCOL, Summary
+from hpo.trials import DEVICE_SECONDS, feasible
 
 NAME = "name"  # user attr of a point: the trial or configuration it stands for
 

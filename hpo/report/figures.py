@@ -2,7 +2,7 @@
 
 figures() draws them (plotly), figures_html() puts them on one self-contained page
 (plotly.js inlined once, so it works offline), write_pngs() renders PNGs where
-kaleido can. Reads hpo.results and hpo.factors; hpo.report calls it.
+kaleido can. Reads hpo.report.results, factors and pareto; hpo.report.outputs calls it.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from hpo import pareto
-from hpo.factors import EVALUATOR, Effect
-from hpo.results import Summary, present_classes
+from hpo.report import pareto
+from hpo.report.factors import EVALUATOR, Effect
+from hpo.report.results import Summary, present_classes
 from segtrain.data.labels import CLASS_NAMES
 from segtrain.fileio import write_atomic
 

@@ -1,9 +1,6 @@
-"""report.md and the study's note, from finalize's runs; write() writes every output file and attaches them.
+"""report.md and the study's dashboard note: the sentences and sections, from an Analysis.
 
-hpo.finalize hands it plain data (the spec, the study, the options and the runs);
-this module reads them through hpo.results, hpo.compare, hpo.factors, hpo.tables,
-hpo.figures, hpo.published and hpo.artifacts, and imports none of hpo.finalize.
-Every sentence that compares two configurations comes from a hpo.compare.Comparison:
+Every sentence that compares two configurations comes from a hpo.report.compare.Comparison:
 better, worse or inconclusive at n seeds, with its interval and p.
 """
 
@@ -11,28 +8,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from hpo import compare, pareto, tables
-from hpo.artifacts import attach
-from hpo.compare import Agreement, Comparison
-from hpo.factors import EVALUATOR_NAME, Effect, Ranking, effects, importances
 from hpo.markdown import markdown_table
-from hpo.figures import figures, figures_html, write_pngs
-from hpo.published import PUBLISHED, matches
-from hpo.results import OWN_PROTOCOL, FinalRun, Summary, find, miou_title, summarize
-from hpo.search import Counts, outcome, summary_lines
-from hpo.selection import ranked_trials
+from hpo.report import compare, pareto, tables
+from hpo.report.analysis import Analysis
+from hpo.report.compare import Comparison
+from hpo.report.factors import EVALUATOR_NAME, Effect, Ranking
+from hpo.report.published import PUBLISHED, matches
+from hpo.report.results import OWN_PROTOCOL, Summary, find, miou_title
+from hpo.report.stats import ALPHA, EXACT_PERMUTATION_MAX_N
 from hpo.spec import FinalizeOptions, StudySpec
-from hpo.stats import ALPHA, EXACT_PERMUTATION_MAX_N
-from hpo.storage import dashboard_command, safe_url
-from segtrain.fileio import write_json_atomic, write_text_atomic
+from hpo.storage_urls import safe_url
+from hpo.trials import Counts, outcome, ranked_trials, summary_lines
 
-DOCS_RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+DOCS_RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results.md"
 HE_ET_AL = "He, Girshick & Dollár (2019, *Rethinking ImageNet Pre-training*, arXiv:1811.08883)"
 # the TrainConfig settings that shape each schedule's learning rate, besides warmup_epochs
 SCHEDULE_SETTINGS = {"poly": ("poly_power",), "wsd": ("decay_fraction", "decay_shape")}
@@ -41,31 +34,6 @@ FACTOR_CAVEAT = ("These are the search's trials, not a controlled experiment: TP
                  "ranked low at the first evaluation, so a value's scores mix its own effect with those of the "
                  "values it was sampled with. The final table and the ablation are the controlled comparisons.")
 FILES = ("report.md", "results.csv", "results.json", "per_class_iou.csv", "figures.html")
-
-
-@dataclass(frozen=True)
-class Analysis:
-    """Everything the report states, computed once from the runs and the study."""
-
-    summaries: list[Summary]
-    comparisons: list[Comparison]
-    agreement: Agreement
-    effects: list[Effect]
-    rankings: list[Ranking]
-
-    @property
-    def protocols(self) -> list[str]:
-        return tables.protocol_columns(self.summaries)
-
-    def family(self, family: str) -> list[Comparison]:
-        return [c for c in self.comparisons if c.family == family]
-
-
-def analyse(spec: StudySpec, study: optuna.Study, runs: Sequence[FinalRun]) -> Analysis:
-    summaries = summarize(runs)
-    return Analysis(summaries, [c for p in tables.protocol_columns(summaries)
-                                for c in compare.comparisons(summaries, p)],
-                    compare.rank_agreement(summaries), effects(study, spec.space), importances(study))
 
 
 # --- sentences
@@ -346,60 +314,3 @@ def note_markdown(spec: StudySpec, analysis: Analysis) -> str:
     return "\n".join([spec.to_markdown(), "## Final results", "", tables.final_table(analysis.summaries), "",
                       *(f"- {sentence}" for sentence in key_sentences(analysis)), "",
                       f"The full report and figures are attached to this study: {', '.join(FILES)}.", ""])
-
-
-@dataclass(frozen=True)
-class Outputs:
-    final_dir: Path
-    files: list[Path]
-    table: str
-    sentences: list[str]
-    png_line: str
-    dashboard: str
-    uploaded: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        return "\n".join([self.table, "", *self.sentences, "",
-                          f"wrote {', '.join(p.name for p in self.files)} in {self.final_dir}",
-                          self.png_line,
-                          f"attached to the study ({len(self.uploaded)} new artifacts); "
-                          f"dashboard: {self.dashboard}"])
-
-
-def results_header(spec: StudySpec, options: FinalizeOptions, analysis: Analysis) -> dict[str, Any]:
-    search = spec.train_config()
-    return {"study": spec.study.name, "spec": str(spec.path), "storage": safe_url(spec.study.storage),
-            "epochs": options.epochs, "seeds": list(options.seeds),
-            "splits": {"search_train": search.train_split, "search_val": search.val_split,
-                       "final_train": options.train_split, "final_val": options.val_split,
-                       "selected_on_reported_split": search.val_split == options.val_split}}
-
-
-def results_extra(spec: StudySpec, analysis: Analysis) -> dict[str, Any]:
-    rank = analysis.agreement.rank
-    return {"rank_agreement": {"configurations": list(analysis.agreement.names), "n": rank.n, "tau": rank.tau,
-                               "p": rank.p, "protocol": OWN_PROTOCOL, "search_schedule": search_schedule(spec)},
-            "importance": [{"trials": r.trials, "n": r.n, "importances": r.importances, "problem": r.problem}
-                           for r in analysis.rankings]}
-
-
-def write(spec: StudySpec, study: optuna.Study, options: FinalizeOptions, runs: Sequence[FinalRun],
-          final_dir: Path) -> Outputs:
-    """Every output file, atomically, then the study's artifacts and note."""
-    analysis = analyse(spec, study, runs)
-    final_dir.mkdir(parents=True, exist_ok=True)
-    drawn = figures(study, analysis.summaries, analysis.effects)
-    png_line = write_pngs(drawn, final_dir)
-    write_text_atomic(final_dir / "results.csv", tables.results_csv(analysis.summaries))
-    write_json_atomic(final_dir / "results.json", tables.results_json(
-        results_header(spec, options, analysis), analysis.summaries, analysis.comparisons,
-        results_extra(spec, analysis)))
-    write_text_atomic(final_dir / "per_class_iou.csv", tables.per_class_csv(analysis.summaries))
-    write_text_atomic(final_dir / "figures.html", figures_html(f"Study {spec.study.name}: figures", drawn,
-                                                               {"factor-effects": FACTOR_CAVEAT}))
-    write_text_atomic(final_dir / "report.md", report_markdown(spec, study, options, analysis, png_line, final_dir))
-    paths = [final_dir / name for name in FILES]
-    artifact_dir = spec.study.output_dir / "artifacts"
-    uploaded = attach(study, paths, artifact_dir, note_markdown(spec, analysis))
-    return Outputs(final_dir, paths, tables.final_table(analysis.summaries), key_sentences(analysis),
-                   png_line, dashboard_command(spec.study.storage, artifact_dir), uploaded)

@@ -30,51 +30,16 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
+from hpo.storage_urls import local_path, safe_url, scheme
 from segtrain.errors import UserError
 
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 300
-RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
-JOURNAL_PREFIX = "journal://"
 MAX_RETRIES = 3  # a trial that kills its worker this often is not retried again
 # StudyLock's file beside a SQLite or journal file; not "<file>.lock", which is Optuna's own journal lock
 LOCK_SUFFIX = ".hpo-lock"
 WORKER_ATTR = "worker"  # user attr of a trial: the host:pid of the process running it
-
-
-def scheme(url: str) -> str:
-    if url.startswith(JOURNAL_PREFIX):
-        return "journal"
-    try:
-        name = make_url(url).get_backend_name()
-    except sqlalchemy.exc.ArgumentError:
-        name = url.split(":", 1)[0] if ":" in url else url
-    if name not in RDB_SCHEMES:
-        raise UserError(f"storage {safe_url(url)}: unknown scheme '{name}'; use sqlite:///PATH, "
-                        f"postgresql://USER@HOST/DB, mysql://USER@HOST/DB or journal://PATH")
-    return name
-
-
-def safe_url(url: str) -> str:
-    """The URL with any password masked, for messages and logs."""
-    if url.startswith(JOURNAL_PREFIX):
-        return url
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return url.split("@", 1)[-1] if "@" in url else url
-
-
-def local_path(url: str) -> Path | None:
-    """The file behind a SQLite or journal storage (None for a database server)."""
-    kind = scheme(url)
-    if kind == "journal":
-        return Path(url[len(JOURNAL_PREFIX):])
-    if kind == "sqlite":
-        database = make_url(url).database
-        return Path(database) if database and database != ":memory:" else None
-    return None
 
 
 def local_path_made(url: str) -> Path | None:
@@ -157,14 +122,6 @@ def process_exists(pid: int) -> bool:
     except PermissionError:  # another user's
         return True
     return True
-
-
-def dashboard_command(url: str, artifact_dir: Path | None = None) -> str:
-    """The optuna-dashboard command for this storage, bound to this machine only;
-    with `artifact_dir`, the dashboard also shows the files attached to the study there."""
-    target = str(local_path(url)) if scheme(url) == "journal" else safe_url(url)
-    artifacts = f" --artifact-dir '{artifact_dir}'" if artifact_dir is not None else ""
-    return f"optuna-dashboard --host 127.0.0.1 --port 8080{artifacts} '{target}'"
 
 
 class StudyLock:

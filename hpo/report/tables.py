@@ -4,7 +4,7 @@ Markdown pipe tables line up in a terminal too. Every mIoU column is named with 
 protocol ("mIoU ss"), and results.csv/json use miou (the run's own evaluation) and
 miou_<protocol> for others, each with mean, std, n and the 95% interval.
 
-Reads hpo.results, hpo.compare, hpo.factors and hpo.published; hpo.report calls it.
+Reads hpo.report.results, compare, factors and published; hpo.report.document and outputs call it.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hpo.compare import Comparison
-from hpo.factors import Effect, Ranking
 from hpo.markdown import markdown_table
-from hpo.published import Match, PublishedFigure
-from hpo.results import METRICS, FinalRun, Summary, miou_key, miou_title, present_classes
-from hpo.stats import Sample
+from hpo.report.compare import Comparison
+from hpo.report.factors import Effect, Ranking
+from hpo.report.published import Match, PublishedFigure
+from hpo.report.results import METRICS, FinalRun, Summary, miou_key, miou_title, present_classes
+from hpo.report.stats import Sample
 from segtrain.data.labels import CLASS_NAMES
-from segtrain.engine import RUNTIME_FIELDS
+from segtrain.records import RUNTIME_FIELDS
 
 
 def mean_std(stat: Sample, spec: str = ".4f", scale: float = 1.0, unit: str = "") -> str:

@@ -7,13 +7,12 @@ configuration's recipe, ResNet-101 from scratch with that recipe changed by
 and the [finalize.ablation] runs around the best configuration. All are trained on
 [finalize] train_split, scored on [finalize] val_split, for [finalize] epochs.
 
-Imports hpo.results (Configuration), hpo.spec and hpo.objective; hpo.finalize calls it.
+Imports hpo.report.results (Configuration), hpo.spec and hpo.trials; hpo.finalize.workflow calls it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -21,25 +20,15 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.objective import feasible
-from hpo.results import Configuration
+from hpo.report.results import Configuration
 from hpo.space import train_overrides
 from hpo.spec import FinalizeOptions, ScratchRecipe, StudySpec
-from hpo.storage import safe_url
+from hpo.storage_urls import safe_url
+from hpo.trials import feasible, ranked_trials
 from segtrain.config import TrainConfig
 from segtrain.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
-
-
-def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Complete, feasible trials with distinct params, best score first; ties go to the cheaper one."""
-    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if feasible(t)]
-    trials.sort(key=lambda t: (-t.value, t.user_attrs.get("seconds", float("inf")), t.number))
-    distinct: dict[str, FrozenTrial] = {}
-    for trial in trials:
-        distinct.setdefault(json.dumps(trial.params, sort_keys=True), trial)
-    return list(distinct.values())
 
 
 def scratch_changes(best: TrainConfig, recipe: ScratchRecipe) -> dict[str, Any]:

@@ -13,7 +13,7 @@ Importance: Optuna's default evaluator (PED-ANOVA) over the complete trials, and
 evaluator over every trial that reached the first evaluation, scored there, so the
 survivors of pruning do not decide alone.
 
-Imports optuna and hpo.space/hpo.objective; hpo.report, hpo.tables and hpo.figures read it.
+Imports optuna, hpo.space and hpo.trials; hpo.report.analysis, tables and figures read it.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.objective import feasible
 from hpo.space import Param
+from hpo.trials import feasible
 
 FIRST_EVALUATION = 1  # the pruners' step of a trial's first evaluation (EvalResult.point)
 BINS = 3

@@ -1,10 +1,10 @@
 """python -m hpo.plan: what a study will cost on this machine, before it starts, and a plan that fits a budget.
 
-Probes the study's cost corners (hpo.probe; reused from <output dir>/probe.json while
-the spec's corners stay the same), fits the cost model (hpo.cost) and prints the bill
-(hpo.estimate): device-hours of the search and of each finalize row, their total, and
+Probes the study's cost corners (hpo.plan.probe; reused from <output dir>/probe.json while
+the spec's corners stay the same), fits the cost model (hpo.plan.cost) and prints the bill
+(hpo.plan.estimate): device-hours of the search and of each finalize row, their total, and
 the disk they need. With --budget-hours H it proposes the largest plan within H
-(hpo.budget: what it cuts, in which order) and, with --out, writes it as a new spec.
+(hpo.plan.budget: what it cuts, in which order) and, with --out, writes it as a new spec.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hpo import budget, estimate, probe
-from hpo.cost import CostModel
-from hpo.search import DEFAULT_STUDY, add_output_dir_argument, load_with_overrides, positive_int, positive_number
+from hpo.cli import DEFAULT_STUDY, add_output_dir_argument, load_with_overrides, positive_int, positive_number
+from hpo.plan import budget, estimate, probe
+from hpo.plan.cost import CostModel
 from hpo.spec import load_spec
 from segtrain.cli import ArgumentParser, run
 from segtrain.errors import UserError
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not cut.cuts:
         print(f"\nbudget {args.budget_hours:g} h: the plan fits as it is ({cut.plan.total_hours:.3g} h)")
     else:
-        print(f"\nbudget {args.budget_hours:g} h: cut {'; '.join(cut.cuts)} (in that order: see hpo/budget.py)")
+        print(f"\nbudget {args.budget_hours:g} h: cut {'; '.join(cut.cuts)} (in that order: see hpo/plan/budget.py)")
         print(estimate.describe(cut.plan, unit))
     if args.out is None:
         print("pass --out FILE to write this plan as a study spec")

@@ -40,15 +40,24 @@ import optuna
 import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-from hpo.budget import DEVICE_SECONDS, PREDICTED_SECONDS, committed_seconds, spent_seconds
-from hpo.cost import TrialPricer
+from hpo.plan.cost import TrialPricer
 from hpo.space import suggest, train_overrides
 from hpo.spec import StudySpec
+from hpo.trials import (
+    DEVICE_SECONDS,
+    FINITE_LOSS,
+    FITS_MEMORY,
+    PREDICTED_SECONDS,
+    committed_seconds,
+    feasible,
+    spent_seconds,
+)
 from segtrain.config import TrainConfig
 from segtrain.device import resolve_device
-from segtrain.engine import CHECKPOINT, EvalResult, TrainingDiverged, train
+from segtrain.engine import CHECKPOINT, train
 from segtrain.errors import DiskFull
 from segtrain.profile import device_name
+from segtrain.records import EvalResult, TrainingDiverged
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +68,6 @@ class TrialOutOfMemory(RuntimeError):
 
 class BudgetExhausted(RuntimeError):
     """The next trial would cost more device time than the study's budget has left."""
-
-
-FITS_MEMORY = "fits_memory"  # constraint: > 0 where the configuration is predicted not to fit the device
 
 
 def trial_dir(trials_dir: Path, number: int) -> Path:
@@ -152,7 +158,7 @@ class Objective:
         except TrainingDiverged as error:
             remove_checkpoint(run_dir)
             trial.set_user_attr("failure", f"diverged: {error}")
-            trial.set_constraint("finite_loss", 1.0)
+            trial.set_constraint(FINITE_LOSS, 1.0)
             log.warning("trial %d diverged: %s", trial.number, error)
             return history[-1].miou if history else 0.0
         except torch.OutOfMemoryError as error:
@@ -211,8 +217,3 @@ def keep_best_checkpoints(study: optuna.Study, trials_dir: Path, keep: int) -> N
     for trial in finished:
         if trial.number not in best:
             remove_checkpoint(trial_dir(trials_dir, trial.number))
-
-
-def feasible(trial: optuna.trial.FrozenTrial) -> bool:
-    return all(value <= 0 for value in trial.constraints.values())
-

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import nnls
 
-from hpo.probe import COST_FIELDS, Corner, Probe
+from hpo.plan.probe import COST_FIELDS, Corner, Probe
 from hpo.space import Param, train_overrides
 from segtrain import profile
 from segtrain.config import TrainConfig

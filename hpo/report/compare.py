@@ -1,6 +1,6 @@
 """Which configurations the final table compares, with what statistics, and the words for each verdict.
 
-Three families of paired-by-seed comparisons (hpo.stats), per evaluation protocol:
+Three families of paired-by-seed comparisons (hpo.report.stats), per evaluation protocol:
 - each top-k configuration vs the baseline, Holm-corrected over the family (the top-k
   were chosen from many trials, and any one of them beating the baseline by luck
   would be reported as a finding);
@@ -11,7 +11,7 @@ A verdict is "better" or "worse" when the (Holm-adjusted) paired t p < 0.05, els
 inconclusive with that reason. Also the rank agreement between the search's scores
 and the full-budget means.
 
-Reads hpo.results and hpo.stats; no optuna, never hpo.finalize.
+Reads hpo.report.results and hpo.report.stats; no optuna, never hpo.finalize.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hpo import stats
-from hpo.results import OWN_PROTOCOL, Summary, find
+from hpo.report import stats
+from hpo.report.results import OWN_PROTOCOL, Summary, find
 
 TOP_VS_BASELINE = "top-k vs baseline"
 PRETRAINED_VS_SCRATCH = "pretrained vs scratch"
@@ -71,7 +71,7 @@ class Comparison:
 
 
 def compare(a: Summary, b: Summary, protocol: str, family: str) -> Comparison:
-    """a vs b over the seeds both finished; uncorrected (hpo.compare.comparisons applies Holm to a family)."""
+    """a vs b over the seeds both finished; uncorrected (hpo.report.compare.comparisons applies Holm to a family)."""
     left, right = a.by_seed(protocol), b.by_seed(protocol)
     seeds = tuple(sorted(set(left) & set(right)))
     paired = stats.paired([left[s] for s in seeds], [right[s] for s in seeds])

@@ -29,13 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpo.cost import PRUNER_SAVING, CostModel, TrialPricer, checkpoint_bytes, sample_space, split_size
 from hpo.markdown import markdown_table
-from hpo.probe import FINALIZE_BACKBONE
-from hpo.results import OWN_PROTOCOL
+from hpo.plan.cost import PRUNER_SAVING, CostModel, TrialPricer, checkpoint_bytes, sample_space, split_size
+from hpo.plan.probe import FINALIZE_BACKBONE
 from hpo.spec import StudySpec
 from segtrain.config import TrainConfig
-from segtrain.evaluation import PRESETS
+from segtrain.evaluation import OWN_PROTOCOL, PRESETS
 
 SAMPLES = 1000  # random draws of the space for the expected cost: a ~2% standard error here
 
@@ -113,7 +112,7 @@ class _RunCost:
 
 class Estimator:
     """A spec and a cost model, with everything a plan needs computed once, so that pricing a plan
-    of any size (hpo.budget tries many) is arithmetic."""
+    of any size (hpo.plan.budget tries many) is arithmetic."""
 
     def __init__(self, spec: StudySpec, model: CostModel, workers: int = 1, samples: int = SAMPLES):
         self.spec, self.model, self.workers = spec, model, workers

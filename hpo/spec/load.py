@@ -1,12 +1,13 @@
-"""StudySpec: a study file (studies/*.toml), parsed and validated before any trial runs.
+"""load_spec: a study file (studies/*.toml) read into a StudySpec, every mistake found before any trial runs.
 
 Every mistake a user can make in a spec is reported at load time as one line naming
 the file, section and key, so a long search never dies at trial 17 on a typo. Fixed
 and searched TrainConfig values are checked by building TrainConfigs, and sampler and
 pruner arguments by building Optuna's own classes: no second copy of their rules.
 
-A spec is plain data. It imports hpo.space (the Param type) and segtrain.config; the
-rest of hpo imports it, and it imports nothing else of hpo.
+Split from the dataclasses it fills (hpo.spec.sections) because reading TOML tables into
+them, with their conditions and error locations, is a job of its own; imports them,
+hpo.space and segtrain.
 """
 
 from __future__ import annotations
@@ -16,22 +17,20 @@ import difflib
 import inspect
 import re
 import tomllib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
 
 from hpo.space import Param, condition_key
-from segtrain.config import SCHEDULES, SPLITS, TrainConfig, field_names, field_type
+from hpo.spec.sections import Component, FinalizeOptions, Recipe, ScratchRecipe, StudyOptions, StudySpec, is_of
+from segtrain.config import TrainConfig, field_names, field_type
 from segtrain.errors import ConfigError, UserError
-from segtrain.evaluation import PRESETS
 
 SECTIONS = ("study", "train", "space", "sampler", "pruner", "baseline", "recipes", "finalize")
 PARAM_OPTIONS = ("type", "low", "high", "log", "step", "choices", "when", "by", "ranges")
-RUNS_DIR = Path("runs")
 
 SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
     "tpe": optuna.samplers.TPESampler,
@@ -58,22 +57,6 @@ _Section = TypeVar("_Section", "StudyOptions", "FinalizeOptions")
 _TOML_KINDS: dict[str, type | None] = {"bool": bool, "int": int, "float": float, "str": str, "None": None}
 
 
-def _is(value: Any, kind: type | None) -> bool:
-    """Whether a TOML value is of `kind`: an int is a float, a bool is not an int."""
-    if kind is None:
-        return value is None
-    if isinstance(value, bool):
-        return kind is bool
-    return isinstance(value, (int, float) if kind is float else kind)
-
-
-def _check(key: str, value: Any, kind: type, ok: Callable[[Any], bool], problem: str) -> None:
-    if not _is(value, kind):
-        raise ConfigError(key, f"must be {kind.__name__}, got {value!r}")
-    if not ok(value):
-        raise ConfigError(key, f"{problem}, got {value!r}")
-
-
 def _unknown(what: str, key: str, known: Sequence[str]) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     return f"unknown {what}" + (f" (did you mean '{close[0]}'?)" if close else "")
@@ -81,48 +64,6 @@ def _unknown(what: str, key: str, known: Sequence[str]) -> str:
 
 def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
-
-
-@dataclass(frozen=True)
-class StudyOptions:
-    """[study]: where the study and its outputs live, its size and budget, the sampler's seed,
-    and how its workers prove they are alive."""
-
-    name: str
-    output_dir: Path | str | None = None  # trials/, final/, probe.json; None: runs/<name> (relative to the cwd)
-    storage: str | None = None  # any Optuna storage URL; None: sqlite:///<output_dir>/study.db
-    trials: int = 40  # finished trials the search aims at (hpo.search --trials overrides it)
-    budget_hours: float | None = None  # device-hours the search may spend, all workers together; None: no limit
-    seed: int = 0
-    heartbeat_interval: int = 60  # seconds, RDB storages: a trial silent for grace_period is stale
-    grace_period: int = 120  # and is failed and re-queued by the next worker
-    keep_checkpoints: int = 3  # the best this-many trials keep their checkpoints
-
-    def __post_init__(self) -> None:
-        _check("name", self.name, str, lambda v: re.fullmatch(r"[\w.-]+", v) is not None,
-               "must be letters, digits, '_', '.' or '-' (it names runs/<name>/)")
-        if self.output_dir is None:
-            object.__setattr__(self, "output_dir", RUNS_DIR / self.name)
-        _check("output_dir", str(self.output_dir) if isinstance(self.output_dir, Path) else self.output_dir,
-               str, bool, "must be a directory path")
-        object.__setattr__(self, "output_dir", Path(self.output_dir))
-        if self.storage is None:
-            object.__setattr__(self, "storage", default_storage(self.output_dir))
-        _check("storage", self.storage, str, bool, "must be an Optuna storage URL")
-        _check("trials", self.trials, int, lambda v: v >= 1, "must be >= 1")
-        if self.budget_hours is not None:
-            _check("budget_hours", self.budget_hours, float, lambda v: v > 0, "must be > 0 hours")
-            object.__setattr__(self, "budget_hours", float(self.budget_hours))
-        _check("seed", self.seed, int, lambda v: v >= 0, "must be >= 0")
-        _check("heartbeat_interval", self.heartbeat_interval, int, lambda v: v > 0, "must be > 0 seconds")
-        _check("grace_period", self.grace_period, int, lambda v: v > self.heartbeat_interval,
-               f"must be > heartbeat_interval ({self.heartbeat_interval}), or live trials look stale")
-        _check("keep_checkpoints", self.keep_checkpoints, int, lambda v: v >= 0, "must be >= 0")
-
-
-def default_storage(output_dir: Path) -> str:
-    """The SQLite database a study keeps beside its outputs unless [study] storage says otherwise."""
-    return f"sqlite:///{(output_dir / 'study.db').as_posix()}"
 
 
 # TrainConfig fields every configuration of a study shares: where the data is, how it runs, its seed
@@ -136,217 +77,6 @@ SCRATCH_SET_ELSEWHERE = {
     "warmup_epochs": "set warmup_fraction (of the arm's epochs) instead",
 }
 
-
-@dataclass(frozen=True)
-class ScratchRecipe:
-    """[finalize.scratch]: how the ResNet-101 from-scratch arm departs from the best configuration's recipe.
-
-    The best configuration's recipe was tuned for an ImageNet-pretrained backbone (for
-    voc_r50, a backbone lr 10x below the head's). Defaults after He, Girshick & Dollar
-    2019 (Rethinking ImageNet Pre-training, arXiv:1811.08883), whose scratch models used
-    the fine-tuning recipe's lr for the whole network with a linear warm-up:
-    - lr_multiplier None: lr x the best configuration's head_lr_multiplier, and
-      head_lr_multiplier 1 (an override): every layer at the head's lr, as a random
-      backbone has no reason to learn 10x slower than the head;
-    - warmup_fraction 0.05: a linear warm-up over the first 5% of the arm's steps (our
-      choice of length), since a random network starts at the full lr;
-    - epochs_multiplier 1: the same budget as the pretrained arm, so the comparison is
-      "at this budget". He et al. needed about 3x the fine-tuning schedule (and GroupNorm
-      or SyncBN) before scratch caught up; raise it to ask that question instead.
-    """
-
-    lr_multiplier: float | None = None  # x the best configuration's lr; None: x its head_lr_multiplier
-    epochs_multiplier: float = 1.0  # x [finalize] epochs
-    warmup_fraction: float = 0.05  # linear warm-up over this fraction of the arm's epochs
-    overrides: dict[str, Any] = field(default_factory=lambda: {"head_lr_multiplier": 1.0})  # TrainConfig fields
-
-    def __post_init__(self) -> None:
-        if self.lr_multiplier is not None:
-            _check("lr_multiplier", self.lr_multiplier, float, lambda v: v > 0, "must be > 0")
-            object.__setattr__(self, "lr_multiplier", float(self.lr_multiplier))
-        _check("epochs_multiplier", self.epochs_multiplier, float, lambda v: v > 0, "must be > 0")
-        _check("warmup_fraction", self.warmup_fraction, float, lambda v: 0 <= v < 1, "must be in [0, 1)")
-        object.__setattr__(self, "epochs_multiplier", float(self.epochs_multiplier))
-        object.__setattr__(self, "warmup_fraction", float(self.warmup_fraction))
-
-
-@dataclass(frozen=True)
-class FinalizeOptions:
-    """[finalize]: the configurations retrained at full budget over seeds, on which splits, and the two
-    optional sub-tables: [finalize.scratch] (the scratch arm's recipe) and [finalize.ablation]."""
-
-    top_k: int = 4
-    seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: float = TrainConfig.epochs  # the full budget: the standard 30k-iteration recipe
-    pretrained_weights: str | None = None  # ResNet-101 ImageNet state_dict; None: torchvision's
-    train_split: str = "train_aug"  # finalize trains on all of train_aug ...
-    val_split: str = "val"  # ... and reports on VOC val, which the search never scored
-    schedule: str = "poly"  # the full-budget runs' lr schedule: the published recipes' poly, whatever the search's
-    eval: tuple[str, ...] = ("ss",)  # segtrain.evaluation.PRESETS each final run is scored under ("ss": its own)
-    scratch: ScratchRecipe = ScratchRecipe()
-    ablation: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # field -> values, around the best
-
-    def __post_init__(self) -> None:
-        _check("top_k", self.top_k, int, lambda v: v >= 1, "must be >= 1")
-        if not isinstance(self.seeds, list | tuple) or not self.seeds or not all(_is(s, int) for s in self.seeds):
-            raise ConfigError("seeds", f"must be a non-empty list of integers, got {self.seeds!r}")
-        if len(set(self.seeds)) < len(self.seeds):
-            raise ConfigError("seeds", f"must not repeat a seed, got {list(self.seeds)}")
-        _check("epochs", self.epochs, float, lambda v: v > 0, "must be > 0")
-        if self.pretrained_weights is not None:
-            _check("pretrained_weights", self.pretrained_weights, str, bool, "must be a path")
-        for key in ("train_split", "val_split"):
-            _check(key, getattr(self, key), str, lambda v: v in SPLITS, f"must be one of {', '.join(SPLITS)}")
-        _check("schedule", self.schedule, str, lambda v: v in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}")
-        if not isinstance(self.eval, list | tuple) or not self.eval or not all(p in PRESETS for p in self.eval):
-            raise ConfigError("eval", f"must be a non-empty list of protocols from {', '.join(PRESETS)}, "
-                                      f"got {self.eval!r}")
-        if len(set(self.eval)) < len(self.eval):
-            raise ConfigError("eval", f"must not repeat a protocol, got {list(self.eval)}")
-        object.__setattr__(self, "eval", tuple(self.eval))
-        if self.val_split == self.train_split:
-            raise ConfigError("val_split", f"must differ from train_split ({self.train_split!r}): a table "
-                                           "scored on its training images says nothing")
-        object.__setattr__(self, "seeds", tuple(self.seeds))
-        object.__setattr__(self, "epochs", float(self.epochs))
-
-
-@dataclass(frozen=True)
-class Component:
-    """[sampler] or [pruner]: the Optuna class named by `type`, and its keyword arguments."""
-
-    type: str
-    cls: type
-    args: dict[str, Any]
-
-    def build(self, **fixed: Any) -> Any:
-        return self.cls(**fixed, **self.args)
-
-    def describe(self) -> str:
-        return f"{self.cls.__name__}({', '.join(f'{key}={value!r}' for key, value in self.args.items())})"
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """[recipes.NAME]: a published recipe, enqueued right after the baseline and labelled with its source."""
-
-    name: str
-    source: str  # where it comes from, and what was adapted to fit the space
-    values: dict[str, Any]  # field values, like [baseline]
-
-
-@dataclass(frozen=True)
-class StudySpec:
-    """A validated study file. The direction is not a setting: a study maximises validation mIoU."""
-
-    path: Path
-    study: StudyOptions
-    train: dict[str, Any]  # fixed TrainConfig fields
-    space: tuple[Param, ...]  # searched fields, in sampling order
-    sampler: Component
-    pruner: Component
-    baseline: dict[str, Any]  # field values of the reference recipe, enqueued first; {} for none
-    finalize: FinalizeOptions
-    recipes: tuple[Recipe, ...] = ()  # enqueued after the baseline, in file order
-
-    def train_config(self, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-        """Fixed fields + `overrides` (a trial's params; finalize's seed, epochs); ConfigError if invalid."""
-        return TrainConfig.from_dict({**self.train, **(overrides or {})})
-
-    def with_train(self, **values: Any) -> StudySpec:
-        """A copy with more fixed fields (e.g. a CLI's --data-root); a searched field stays searched."""
-        for key in values:
-            if any(param.name == key for param in self.space):
-                raise ConfigError(key, "is searched in [space] and cannot be fixed")
-        train = {**self.train, **values}
-        TrainConfig.from_dict(train)
-        return dataclasses.replace(self, train=train)
-
-    def with_storage(self, url: str) -> StudySpec:
-        """A copy using another storage URL (a CLI's --storage)."""
-        return dataclasses.replace(self, study=dataclasses.replace(self.study, storage=url))
-
-    def with_output_dir(self, directory: str | Path) -> StudySpec:
-        """A copy writing its outputs elsewhere (a CLI's --output-dir); a default storage moves along."""
-        storage = None if self.study.storage == default_storage(self.study.output_dir) else self.study.storage
-        return dataclasses.replace(self, study=dataclasses.replace(self.study, output_dir=Path(directory),
-                                                                   storage=storage))
-
-    def seeded_trials(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        """(field values, user attrs) of the trials every study starts with: the baseline, then the recipes."""
-        seeded = [(self.baseline, {"baseline": True})] if self.baseline else []
-        return seeded + [(recipe.values, {"recipe": recipe.name, "source": recipe.source})
-                         for recipe in self.recipes]
-
-    def make_sampler(self, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
-        """A fresh sampler seeded with [study] seed + `seed_offset`.
-
-        Pass a different offset per process (e.g. the number of trials already in the
-        study): two samplers with the same seed draw the same random startup trials, so
-        a resumed or parallel worker would repeat trials that already ran.
-        """
-        return self.sampler.build(seed=self.study.seed + seed_offset)
-
-    def make_pruner(self) -> optuna.pruners.BasePruner:
-        return self.pruner.build()
-
-    def to_markdown(self) -> str:
-        """The study's note for optuna-dashboard (`save_note`): what is searched, on which data."""
-        config = TrainConfig.from_dict(self.train)
-        lines = [
-            f"# Study `{self.study.name}`", "",
-            f"Spec: `{self.path}`. Each trial trains DeepLabV3 ({config.backbone}) for a short budget and "
-            "maximises validation mIoU, reported at each evaluation point (step k = k-th evaluation) "
-            "so that poor trials are pruned early.", "",
-            "## Data", "", _describe_data(config), "",
-            f"The search trains each trial on `{config.train_split}` and scores it on `{config.val_split}`; "
-            f"finalize retrains on `{self.finalize.train_split}` and reports on `{self.finalize.val_split}`"
-            + (", the split the search selected on." if config.val_split == self.finalize.val_split else
-               ", which the search never scored."), "",
-            "## Fixed settings", "", "| setting | value |", "|---|---|",
-            *(f"| {key} | `{value!r}` |" for key, value in self.train.items()), "",
-            "All other settings keep their TrainConfig defaults.", "",
-            "## Search space", "", "| parameter | values |", "|---|---|",
-            *(f"| {param.name} | {param.describe()} |" for param in self.space), "",
-        ]
-        if self.baseline:
-            lines += ["## Baseline (enqueued as the first trial)", "",
-                      ", ".join(f"{key} = `{value!r}`" for key, value in self.baseline.items()), ""]
-        if self.recipes:
-            lines += ["## Published recipes (enqueued after the baseline)", "",
-                      *(f"- **{recipe.name}** ({recipe.source}): "
-                        + ", ".join(f"{key} = `{value!r}`" for key, value in recipe.values.items())
-                        for recipe in self.recipes), ""]
-        lines += [
-            "## Search", "",
-            f"Sampler `{self.sampler.describe()}` with seed {self.study.seed}; pruner `{self.pruner.describe()}`.", "",
-            "## Finalize", "",
-            f"The top {self.finalize.top_k} configurations, the baseline and ResNet-101 (ImageNet-pretrained with "
-            "the best configuration's recipe; from scratch with "
-            + ", ".join(f"{k} = {v}" for k, v in _scratch_settings(self.finalize.scratch).items())
-            + f") are retrained for {self.finalize.epochs:g} epochs with seeds "
-            f"{', '.join(map(str, self.finalize.seeds))}"
-            + ("; ablations around the best: " + "; ".join(f"{k} in {list(v)}" for k, v in
-                                                           self.finalize.ablation.items())
-               if self.finalize.ablation else "") + ".",
-        ]
-        return "\n".join(lines) + "\n"
-
-
-def _scratch_settings(recipe: ScratchRecipe) -> dict[str, Any]:
-    settings = {"lr_multiplier": recipe.lr_multiplier if recipe.lr_multiplier is not None
-                else "the best's head_lr_multiplier", "epochs_multiplier": recipe.epochs_multiplier,
-                "warmup_fraction": recipe.warmup_fraction}
-    return {**settings, **recipe.overrides}
-
-
-def _describe_data(config: TrainConfig) -> str:
-    if config.synthetic:
-        return (f"Synthetic VOC-format data, made on first use: {config.synthetic_train_images} train / "
-                f"{config.synthetic_val_images} val images up to {config.synthetic_image_size} px on the long side, "
-                f"{config.synthetic_classes} object classes (seed {config.synthetic_seed}).")
-    return (f"Pascal VOC 2012 at `{config.data_root or '$VOC_ROOT'}`: trained on `{config.train_split}`, "
-            f"evaluated on `{config.val_split}`.")
 
 
 def load_spec(path: str | Path, sections: Mapping[str, dict[str, Any]] | None = None) -> StudySpec:
@@ -556,7 +286,7 @@ def _within(param: Param, problem: str) -> str:
 
 def _as_field(value: Any, kind: type) -> Any:
     """TOML's 1 is 1.0 for a float field, so Optuna and TrainConfig see one type per param."""
-    return float(value) if kind is float and _is(value, float) else value
+    return float(value) if kind is float and is_of(value, float) else value
 
 
 def _check_field(param: Param, kind: type, base: TrainConfig) -> None:
@@ -565,7 +295,7 @@ def _check_field(param: Param, kind: type, base: TrainConfig) -> None:
         fits = f'"{kind.__name__}" or "categorical"' if kind in (int, float) else '"categorical"'
         raise ConfigError(param.name, f'type "{param.type}" does not fit the {kind.__name__} field; use {fits}')
     for choice in param.choices:
-        if not _is(choice, kind):
+        if not is_of(choice, kind):
             raise ConfigError(param.name, f"choices: {choice!r} does not fit the {kind.__name__} field")
     values = ([("choices", choice) for choice in param.choices] if param.type == "categorical"
               else [("low", param.low), ("high", param.high)])
@@ -620,7 +350,7 @@ def _argument_problem(annotation: Any, value: Any) -> str | None:
     names = [name.strip() for name in text.split("|")]
     if not all(name in _TOML_KINDS for name in names):
         return f"takes {' | '.join(names)}, which a spec cannot give"
-    if not any(_is(value, _TOML_KINDS[name]) for name in names):
+    if not any(is_of(value, _TOML_KINDS[name]) for name in names):
         return f"must be {' or '.join(name for name in names if name != 'None')}, got {value!r}"
     return None
 

@@ -1,8 +1,8 @@
 """Final runs as plain data: the configurations finalize trains, their runs, and each one's summary.
 
-hpo.selection and hpo.finalize build these; hpo.compare, hpo.tables, hpo.figures and
-hpo.report read them. Imports go one way: this module imports segtrain and hpo.stats
-only (no optuna, no plotly, never hpo.finalize), so every part of the report can use it.
+hpo.finalize builds these (selection, runs); the rest of hpo.report reads them. Imports go one
+way: this module imports segtrain and hpo.report.stats only (no optuna, no plotly, never
+hpo.finalize), so every part of the report can use it.
 
 Evaluation protocols: a run's own final evaluation is protocol "ss" (single scale, the
 output stride it trained at, no flip). Other protocols (e.g. "os8", "ms_flip") come
@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpo.stats import Sample, sample
+from hpo.report.stats import Sample, sample
 from segtrain.config import TrainConfig
 from segtrain.data.labels import CLASS_NAMES
-from segtrain.engine import RUNTIME_FIELDS, TrainResult
 from segtrain.errors import UserError
+from segtrain.evaluation import OWN_PROTOCOL
+from segtrain.records import RUNTIME_FIELDS, TrainResult
 
 RESULT = "result.json"
-OWN_PROTOCOL = "ss"  # the run's own final evaluation
 # (column, TrainResult attribute): the per-run numbers besides mIoU, averaged over seeds
 METRICS = (("pixel_accuracy", "pixel_accuracy"), ("seconds", "seconds"),
            ("images_per_second", "images_per_second"), ("peak_memory_bytes", "peak_memory_bytes"),
