@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib
 import io
 import json
 import math
@@ -446,7 +447,7 @@ def test_dry_run_prints_the_runs_to_train_with_their_predicted_hours_and_trains_
 def test_console_script_is_this_cli():
     scripts = tomllib.loads(Path(__file__).parents[1].joinpath("pyproject.toml").read_text())["project"]["scripts"]
     module, function = scripts["hpo-finalize"].split(":")
-    assert module == "hpo.finalize" and getattr(hpo.finalize, function) is cli
+    assert module == "hpo.finalize.cli" and getattr(importlib.import_module(module), function) is cli
 
 
 def test_weights_unavailable_is_that_rows_status_and_everything_else_completes(finalized, spec, monkeypatch):
