@@ -4,7 +4,8 @@ Three families of paired-by-seed comparisons (hpo.report.stats), per evaluation 
 - each top-k configuration vs the baseline, Holm-corrected over the family (the top-k
   were chosen from many trials, and any one of them beating the baseline by luck
   would be reported as a finding);
-- each ablation value vs the best configuration, Holm-corrected over the ablations;
+- each ablation experiment vs its centre (the best configuration or the baseline, at the
+  same budget and seeds), Holm-corrected over the experiments;
 - ResNet-101 ImageNet-pretrained vs from scratch, one comparison, uncorrected.
 A verdict is "better" or "worse" when the (Holm-adjusted) paired t p < 0.05, else
 "inconclusive"; a pair of arms with fewer than two seeds finished in both is
@@ -24,7 +25,7 @@ from hpo.report.results import OWN_PROTOCOL, Summary, find
 
 TOP_VS_BASELINE = "top-k vs baseline"
 PRETRAINED_VS_SCRATCH = "pretrained vs scratch"
-ABLATION = "ablation vs best"
+ABLATION = "ablation vs centre"
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,9 @@ def comparisons(summaries: Sequence[Summary], protocol: str = OWN_PROTOCOL) -> l
     if baseline is not None:
         out += _holm([compare(s, baseline, protocol, TOP_VS_BASELINE)
                       for s in summaries if s.role("top") and s is not baseline])
-    best = find(summaries, "top")
-    if best is not None:
-        out += _holm([compare(s, best, protocol, ABLATION) for s in summaries if s.role("ablation") and s is not best])
+    centre = find(summaries, "ablation-centre")
+    if centre is not None:
+        out += _holm([compare(s, centre, protocol, ABLATION) for s in summaries if s.role("ablation")])
     pretrained, scratch = find(summaries, "r101-imagenet"), find(summaries, "r101-scratch")
     if pretrained is not None and scratch is not None and pretrained is not scratch:
         out.append(compare(pretrained, scratch, protocol, PRETRAINED_VS_SCRATCH))
