@@ -37,9 +37,9 @@ class Experiment:
 
     @property
     def label(self) -> str:
-        """The value as a name fit for a run dir: the resolved number, never "x1/3"."""
+        """The value as a name fit for a run dir: a multiple as the number it resolves to, never "x1/3"."""
         resolved = self.changes[self.field]
-        return f"{resolved:.3g}" if isinstance(resolved, float) else str(resolved)
+        return f"{resolved:.3g}" if isinstance(self.value, Multiple) else str(resolved)
 
 
 def budget(spec: StudySpec, options: FinalizeOptions, centre_params: Mapping[str, Any]) -> dict[str, Any]:

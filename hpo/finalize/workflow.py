@@ -20,8 +20,9 @@ from hpo.markdown import markdown_table
 from hpo.plan.cost import CostModel
 from hpo.plan.estimate import Estimator
 from hpo.plan.probe import matching_probe
-from hpo.report.outputs import Outputs, write
-from hpo.report.results import RESULT, Configuration
+from hpo.finalize.gallery import gallery
+from hpo.report.outputs import PREDICTIONS, Outputs, write
+from hpo.report.results import RESULT, Configuration, summarize
 from hpo.search.loop import open_existing_study
 from hpo.spec import FinalizeOptions, StudySpec
 from segtrain.data import require_splits
@@ -76,4 +77,5 @@ def finalize(spec: StudySpec, options: FinalizeOptions) -> Outputs:
     study, configurations, final_dir = planned(spec, options)
     log.info("%s", plan_text(spec, configurations, options, final_dir))
     runs = run_all(configurations, options.seeds, final_dir, options.eval)
-    return write(spec, study, options, runs, final_dir)
+    shown = gallery(summarize(runs), options.eval[0], final_dir / PREDICTIONS / "masks")
+    return write(spec, study, options, runs, final_dir, shown)

@@ -71,20 +71,19 @@ def comparison_table(comparisons: Sequence[Comparison]) -> str:
     return markdown_table(headers, rows)
 
 
-def ablation_table(field: str, rows_for: Sequence[tuple[Any, Summary, Comparison | None]], protocol: str) -> str:
-    """One factor: each value's mIoU and its paired difference from the best configuration (no comparison: the
-    best itself)."""
-    headers = [field, "configuration", "seeds", miou_title(protocol), "95% CI", "vs best", "95% CI", "p Holm",
-               "verdict"]
-    rows = []
-    for value, s, c in rows_for:
+def ablation_table(centre: Summary, rows_for: Sequence[tuple[Summary, Comparison]], protocol: str) -> str:
+    """Every experiment of the ablation: its factor and value, its mIoU, and its difference from the centre
+    (paired by seed, Holm-adjusted over the experiments) with the verdict; the centre first, for reference."""
+    headers = ["factor", "value", "configuration", "seeds", miou_title(protocol), "95% CI", "vs centre", "95% CI",
+               "p Holm", "verdict"]
+    stat = centre.miou[protocol]
+    rows = [["(centre)", "", centre.name, centre.seeds, mean_std(stat), interval(stat.ci95), "", "", "", ""]]
+    for s, c in rows_for:
         stat = s.miou[protocol]
-        if c is None:  # the best configuration itself
-            rows.append([value, s.name, s.seeds, mean_std(stat), interval(stat.ci95), "(reference)", "", "", ""])
-        else:
-            rows.append([value, s.name, s.seeds, mean_std(stat), interval(stat.ci95),
-                         "-" if c.paired.difference is None else f"{c.paired.difference:+.4f}",
-                         interval(c.paired.ci95, "+.4f"), _p(c.p_holm), c.verdict])
+        field, value = s.configuration.factor
+        rows.append([field, _value(value), s.name, s.seeds, mean_std(stat), interval(stat.ci95),
+                     "-" if c.paired.difference is None else f"{c.paired.difference:+.4f}",
+                     interval(c.paired.ci95, "+.4f"), _p(c.p_holm), c.verdict])
     return markdown_table(headers, rows)
 
 

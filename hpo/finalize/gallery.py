@@ -1,0 +1,159 @@
+"""The gallery's predictions: which val images to show, and what the final runs predict on them.
+
+For the report's pictures (hpo.report.gallery draws them): the first finished seed of the
+baseline, the best configuration and the two ResNet-101 arms, each under the report's
+primary protocol (the first of [finalize] eval). The images: the `disagreeing` val images
+on which the best configuration and the baseline disagree on the most labelled pixels (where
+a mIoU gap comes from), then `drawn` more at random with a fixed seed (what is typical). The
+best configuration's pass over all of val also gives its confusion matrix. Everything is
+kept in <final>/predictions/ (each mask a VOC-palette PNG, gallery.json) and reused while the
+runs, their checkpoints and the protocol stay the same.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+from hpo.report.gallery import Gallery, Panel
+from hpo.report.results import FinalRun, Summary, find
+from segtrain.data import voc_dir_for
+from segtrain.data.labels import IGNORE_INDEX, NUM_CLASSES, VOC_PALETTE
+from segtrain.data.voc import VOCSegmentation, mask_path, read_mask
+from segtrain.device import amp_dtype_for, resolve_device
+from segtrain.evaluation import PRESETS, load_run_model, predictions
+from segtrain.fileio import write_atomic, write_json_atomic
+from segtrain.metrics import ConfusionMatrix
+
+GALLERY_FILE = "gallery.json"
+DISAGREEING, DRAWN, DRAW_SEED = 4, 4, 0
+# the configurations shown, in panel order, by role
+PANELS = (("baseline", "baseline"), ("top", "best"), ("r101-imagenet", "ResNet-101 pretrained"),
+          ("r101-scratch", "ResNet-101 scratch"))
+
+
+def shown_runs(summaries: Sequence[Summary]) -> list[tuple[Panel, FinalRun]]:
+    """The first finished seed of each configuration the gallery shows (a configuration with two roles once)."""
+    shown: list[tuple[Panel, FinalRun]] = []
+    for role, label in PANELS:
+        summary = find(summaries, role)
+        if summary is None or not summary.ok or any(p.configuration == summary.name for p, _ in shown):
+            continue
+        run = min(summary.ok, key=lambda r: r.seed)
+        shown.append((Panel(summary.name, label, run.seed, str(run.run_dir)), run))
+    return shown
+
+
+def gallery(summaries: Sequence[Summary], protocol: str, directory: Path) -> Gallery | None:
+    """The gallery of these runs (None without a best configuration): reused from `directory` when it was
+    made from the same checkpoints under the same protocol, else predicted now."""
+    shown = shown_runs(summaries)
+    if not any(panel.label == "best" for panel, _ in shown):
+        return None
+    key = {"protocol": protocol, "runs": {p.configuration: [p.run_dir, run.result.steps] for p, run in shown}}
+    previous = _read(directory / GALLERY_FILE)
+    if previous.get("key") == key:
+        return _from_record(previous["gallery"])
+    made = _predict(shown, protocol, directory)
+    write_json_atomic(directory / GALLERY_FILE, {"key": key, "gallery": asdict(made)})
+    return made
+
+
+def _predict(shown: Sequence[tuple[Panel, FinalRun]], protocol: str, directory: Path) -> Gallery:
+    cfg = next(run for panel, run in shown if panel.label == "best").configuration.config
+    voc_dir = voc_dir_for(cfg)
+    val = VOCSegmentation(voc_dir, cfg.val_split)
+    best = next(item for item in shown if item[0].label == "best")
+    baseline = next((item for item in shown if item[0].label == "baseline"), None)
+    confusion = ConfusionMatrix(NUM_CLASSES, ignore_index=IGNORE_INDEX)
+    disagreement: dict[str, int] = {}
+    batch_size = cfg.eval_batch_size  # shared by every configuration: the passes batch val alike
+    passes = [_masks(run, protocol, val, batch_size) for run in (best[1], *(baseline[1:] if baseline else ()))]
+    for index, predicted in _together(passes):
+        target = torch.from_numpy(read_mask(mask_path(voc_dir, cfg.val_split, val.ids[index])).numpy())
+        confusion.update(torch.from_numpy(predicted[0]), target)
+        if len(predicted) == 2:
+            labelled = target.numpy() != IGNORE_INDEX
+            disagreement[val.ids[index]] = int((predicted[0] != predicted[1])[labelled].sum())
+    ids, reasons = choose(val.ids, disagreement)
+    chosen = VOCSegmentation(voc_dir, cfg.val_split, ids=ids)
+    image_miou: dict[str, dict[str, float]] = {}
+    for panel, run in shown:
+        image_miou[panel.configuration] = {}
+        for index, predicted in _together([_masks(run, protocol, chosen, batch_size)]):
+            image_id = ids[index]
+            write_mask(directory / panel.configuration / f"{image_id}.png", predicted[0])
+            target = read_mask(mask_path(voc_dir, cfg.val_split, image_id)).numpy()
+            image_miou[panel.configuration][image_id] = image_miou_of(predicted[0], target)
+    return Gallery(protocol, cfg.val_split, str(voc_dir), ids, reasons, [panel for panel, _ in shown], image_miou,
+                   confusion.matrix.tolist(), str(directory))
+
+
+def choose(ids: Sequence[str], disagreement: dict[str, int]) -> tuple[list[str], dict[str, str]]:
+    """The DISAGREEING ids of most disagreement (ties in split order), then of the rest at random (fixed
+    seed) as many as make DISAGREEING + DRAWN: all drawn when there is no baseline to disagree with."""
+    ranked = sorted((i for i in ids if disagreement.get(i, 0) > 0), key=lambda i: -disagreement[i])[:DISAGREEING]
+    reasons = {i: f"the best and the baseline disagree on {disagreement[i]} pixels" for i in ranked}
+    rest = [i for i in ids if i not in reasons]
+    count = min(len(rest), DISAGREEING + DRAWN - len(ranked))  # as many images in all, whatever disagrees
+    drawn = np.random.default_rng(DRAW_SEED).choice(len(rest), size=count, replace=False)
+    reasons |= {rest[k]: f"drawn at random (seed {DRAW_SEED})" for k in sorted(drawn.tolist())}
+    return list(reasons), reasons
+
+
+def image_miou_of(predicted: np.ndarray, target: np.ndarray) -> float:
+    """One image's mIoU: over the classes in its ground truth or prediction, void pixels ignored."""
+    labelled = target != IGNORE_INDEX
+    predicted, target = predicted[labelled], target[labelled]
+    classes = np.union1d(np.unique(predicted), np.unique(target))
+    if classes.size == 0:
+        return float("nan")
+    return float(np.mean([np.sum((predicted == c) & (target == c)) / np.sum((predicted == c) | (target == c))
+                          for c in classes]))
+
+
+def write_mask(path: Path, mask: np.ndarray) -> Path:
+    """A class-id mask as VOC's SegmentationClass PNGs are: paletted, index = class id, 255 = void."""
+    image = PIL.Image.fromarray(mask.astype(np.uint8), mode="P")
+    image.putpalette(VOC_PALETTE)
+    return write_atomic(path, lambda file: image.save(file, format="PNG"))
+
+
+def _masks(run: FinalRun, protocol_name: str, dataset: VOCSegmentation,
+           batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, predicted class ids as uint8 HxW) of every image of `dataset`, batch by same-size batch."""
+    cfg = run.configuration.config
+    protocol = PRESETS[protocol_name].for_run(cfg.output_stride)
+    model, _, _ = load_run_model(run.run_dir, protocol.output_stride)
+    device = resolve_device(cfg.device)
+    model = model.to(device, memory_format=torch.channels_last)
+    for indices, scores, _ in predictions(model, dataset, device, scales=protocol.scales, flip=protocol.flip,
+                                          batch_size=batch_size, workers=cfg.workers,
+                                          amp_dtype=amp_dtype_for(device)):
+        labels = scores.float().argmax(dim=1).to(torch.uint8).cpu().numpy()
+        yield from zip(indices, labels)
+
+
+def _together(passes: Sequence[Iterator[tuple[int, np.ndarray]]]) -> Iterator[tuple[int, list[np.ndarray]]]:
+    """The passes' predictions of each image side by side (they batch the same dataset the same way)."""
+    for items in zip(*passes, strict=True):
+        if len({index for index, _ in items}) != 1:
+            raise RuntimeError(f"the passes over val batch it differently: images {[i for i, _ in items]}")
+        yield items[0][0], [mask for _, mask in items]
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _from_record(values: dict) -> Gallery:
+    return Gallery(**{**values, "panels": [Panel(**panel) for panel in values["panels"]]})
