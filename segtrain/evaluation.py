@@ -49,7 +49,7 @@ from segtrain.model import build_model, state_dict_problems
 
 CHECKPOINT = "checkpoint.pt"  # what segtrain.engine writes in a run dir
 MULTI_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # TF DeepLab's model zoo's and mmsegmentation's img_ratios
-MODEL_FIELDS = ("backbone", "output_stride", "aux_loss")  # config fields a checkpoint's weights depend on
+MODEL_FIELDS = ("model", "backbone", "output_stride", "aux_loss")  # config fields a checkpoint's weights depend on
 
 
 @dataclass(frozen=True)
@@ -227,12 +227,14 @@ def load_run_model(run_dir: str | Path, output_stride: int | None = None) -> tup
     except Exception as error:  # a corrupt or foreign file: say which and why, no traceback
         raise UserError(f"{checkpoint_path}: not a readable segtrain checkpoint ({error.__class__.__name__}); "
                         f"train the run again") from None
-    differ = [f"{key} {trained.get(key)!r} vs {getattr(cfg, key)!r}" for key in MODEL_FIELDS
-              if trained.get(key) != getattr(cfg, key)]
+    trained = {**TrainConfig().to_dict(), **trained}  # a field added since the checkpoint: its default
+    differ = [f"{key} {trained[key]!r} vs {getattr(cfg, key)!r}" for key in MODEL_FIELDS
+              if trained[key] != getattr(cfg, key)]
     if differ:
         raise UserError(f"{checkpoint_path}: made by another run than {config_path} ({'; '.join(differ)}, "
                         f"checkpoint vs config); keep each checkpoint beside its own config.json")
-    model = build_model(cfg.backbone, output_stride or cfg.output_stride, NUM_CLASSES, None, cfg.aux_loss)
+    model = build_model(cfg.backbone, output_stride or cfg.output_stride, NUM_CLASSES, None, cfg.aux_loss,
+                        cfg.model)
     problems = state_dict_problems(model.state_dict(), weights)
     if problems:
         raise UserError(f"{checkpoint_path}: does not fit the {cfg.backbone} model {config_path} describes: "

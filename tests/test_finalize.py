@@ -159,8 +159,8 @@ def finalized(spec, weights):
 
     build_model = segtrain.engine.build_model
 
-    def record_model(backbone, output_stride, num_classes, pretrained, aux_loss):
-        model = build_model(backbone, output_stride, num_classes, pretrained, aux_loss)
+    def record_model(backbone, output_stride, num_classes, pretrained, aux_loss, model_name):
+        model = build_model(backbone, output_stride, num_classes, pretrained, aux_loss, model_name)
         built.append((backbone, pretrained, {k: v.clone() for k, v in model.backbone.state_dict().items()}))
         return model
 
