@@ -6,9 +6,10 @@ DeepLabV3+ (Chen et al. 2018, arXiv:1802.02611) is the same backbone and ASPP wi
 the paper's decoder, the one part written here: layer1's stride-4 features projected
 to 48 channels (its Table 1), concatenated with the ASPP output upsampled to them,
 two 3x3 convolutions of 256 channels (Table 2's choice), the classifier, then bilinear
-upsampling to the input. The paper's separable convolutions belong to its Xception
-backbone; on a ResNet they are plain convolutions, as in VainF's and mmsegmentation's
-ResNet V3+.
+upsampling to the input. Its convolutions are plain ones: the paper makes them
+depthwise-separable for speed with its Xception backbone. VainF/DeepLabV3Plus-Pytorch's
+ResNet V3+ is plain too (with one 3x3 convolution after the concatenation);
+segmentation-models-pytorch's is separable (tests/test_model.py compares the two).
 """
 
 from __future__ import annotations
