@@ -29,8 +29,8 @@ from segtrain.errors import UserError
 
 MISSING = "the dense CRF needs pydensecrf2: pip install -e '.[crf]' (it builds Krähenbühl's C++ code from source)"
 # CPU-seconds (process time) of one refine() of a 500 x 375 VOC val photo, 21 classes, DEEPLAB_V2: benchmarks/crf.py
-# on the 2-core development machine, 1.38-1.58 s; hpo.plan scales it by the images' pixels and divides it by
-# the pool's processes
+# on the shared 2-core development machine, medians 1.05 and 1.47 in two runs (1.0-1.6): the upper end, as
+# the bill should not promise less; hpo.plan scales it by the images' pixels and divides it by the pool's processes
 SECONDS_PER_VOC_IMAGE = 1.5
 VOC_IMAGE_PIXELS = 500 * 375
 
@@ -103,8 +103,12 @@ class Refiner:
         self._pool: Any = None
 
     def __enter__(self) -> Refiner:
-        # spawn: the parent may hold a CUDA context and torch's threads, which a forked child must not inherit
-        self._pool = multiprocessing.get_context("spawn").Pool(self.processes)
+        # fork, as torch's DataLoader workers are: the workers run numpy and the CRF's C++ alone (no CUDA, no
+        # torch threads), and need nothing the parent has not imported; spawn would import the parent's
+        # __main__ (torch, and all of hpo under hpo.finalize) in every worker again; it is the fallback where
+        # there is no fork (Windows)
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        self._pool = multiprocessing.get_context(method).Pool(self.processes)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
