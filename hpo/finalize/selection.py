@@ -4,7 +4,8 @@ The search's top-k distinct configurations (by their score on the search's val
 split), the [baseline] recipe, ResNet-101 ImageNet-pretrained with the best
 configuration's recipe, ResNet-101 from scratch with that recipe changed by
 [finalize.scratch] (a random backbone needs its own recipe: hpo.spec.ScratchRecipe),
-and the [finalize.ablation] runs around the best configuration. All are trained on
+the [finalize.ablation] runs around the best configuration, and the best configuration
+as each [finalize] variants model (DeepLabV3+: role "variant"). All are trained on
 [finalize] train_split, scored on [finalize] val_split, for [finalize] epochs.
 
 Imports hpo.report.results (Configuration), hpo.spec and hpo.trials; hpo.finalize.workflow calls it.
@@ -25,7 +26,7 @@ from hpo.space import train_overrides
 from hpo.spec import FinalizeOptions, ScratchRecipe, StudySpec
 from hpo.storage_urls import safe_url
 from hpo.trials import feasible, ranked_trials
-from segtrain.config import TrainConfig
+from segtrain.config import MODELS, TrainConfig
 from segtrain.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ class _Entry:
 
 
 def plan(spec: StudySpec, study: optuna.Study, options: FinalizeOptions) -> list[Configuration]:
-    """The configurations to retrain, in table order: top-k, baseline, ablations, ResNet-101 pretrained, scratch.
+    """The configurations to retrain, in table order: top-k, baseline, ablations, variants, ResNet-101
+    pretrained, scratch.
 
     Entries that train the very same recipe (e.g. the baseline is also a top trial)
     are merged into one configuration carrying both roles.
@@ -77,6 +79,8 @@ def plan(spec: StudySpec, study: optuna.Study, options: FinalizeOptions) -> list
         entries += [_Entry(f"ablation {field}={value}", f"trial {best.number}'s recipe with {field} = {value}",
                            "ablation", best, best_params, {field: value}, (field, value))
                     for value in values if not _same(value, getattr(best_config, field))]
+    entries += [_Entry(f"variant {model}", f"trial {best.number}'s recipe as {MODELS[model]}", "variant", best,
+                       best_params, {"model": model}, ("model", model)) for model in options.variants]
     weights = options.pretrained_weights or "imagenet"
     source = f" ({weights})" if options.pretrained_weights else ""
     r101 = {**best_params, "backbone": "resnet101"}
