@@ -24,6 +24,9 @@ from typing import Any
 from segtrain.errors import ConfigError, UserError
 
 BACKBONES = ("resnet50", "resnet101")
+# DeepLabV3 (Chen et al. 2017: ASPP on the backbone's last features) or DeepLabV3+ (Chen et al. 2018: the
+# same, with a decoder that fuses layer1's stride-4 features); segtrain.model builds both
+MODELS = {"deeplabv3": "DeepLabV3", "deeplabv3plus": "DeepLabV3+"}  # TrainConfig.model -> its name in print
 OPTIMIZERS = ("sgd", "adam", "adamw")
 OUTPUT_STRIDES = (8, 16)
 # VOC 2012's own splits, SBD's train_aug, and train_aug cut in two for the search: it trains on
@@ -46,6 +49,7 @@ class TrainConfig:
     synthetic_classes: int = 5  # object classes used, 1-20
     synthetic_seed: int = 0
     # --- model
+    model: str = "deeplabv3"  # or "deeplabv3plus": the decoder on layer1's features (segtrain.model)
     backbone: str = "resnet50"
     output_stride: int = 16
     pretrained: str | None = "imagenet"  # "imagenet", a path to a ResNet state_dict, or None (scratch)
@@ -96,6 +100,7 @@ class TrainConfig:
         self._require("momentum", 0 <= self.momentum < 1, "must be in [0, 1)")
         self._require("nesterov", not (self.nesterov and self.momentum == 0),
                       "needs momentum > 0")
+        self._require("model", self.model in MODELS, f"must be one of {', '.join(MODELS)}")
         self._require("backbone", self.backbone in BACKBONES, f"must be one of {', '.join(BACKBONES)}")
         self._require("optimizer", self.optimizer in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}")
         self._require("schedule", self.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}")

@@ -120,7 +120,7 @@ class _Run:
         self.amp_dtype = amp_dtype_for(device)
         _seed_everything(cfg.seed)  # right before the first random draw: the model's init
         with main_process_first(group):  # rank 0 alone downloads ImageNet weights into the cache
-            model = build_model(cfg.backbone, cfg.output_stride, NUM_CLASSES, cfg.pretrained, cfg.aux_loss)
+            model = build_model(cfg.backbone, cfg.output_stride, NUM_CLASSES, cfg.pretrained, cfg.aux_loss, cfg.model)
         self.parameters = count_parameters(model)
         if group.is_distributed:
             model = as_one_batch(model, device.type)

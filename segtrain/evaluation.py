@@ -11,10 +11,11 @@ confusion matrices are summed.
 
 A `Protocol` says how: the output stride at evaluation (a model trained at 16 can be
 evaluated at 8: layer3 dilated as well, ASPP rates doubled), the input scales and
-left-right flips whose softmax probabilities are averaged. Its `name` ("os16",
-"os8-ms0.5-0.75-1-1.25-1.5-1.75-flip") is recorded with every figure and names the
-file `evaluate_run` writes. See docs/results.md for the presets and the published
-protocols they match.
+left-right flips whose softmax probabilities are averaged, and whether a dense CRF
+(segtrain.crf, on the CPU) refines that average at the image's size. Its `name` ("os16",
+"os8-ms0.5-0.75-1-1.25-1.5-1.75-flip", "os16-crf") is recorded with every figure and
+names the file `evaluate_run` writes. See docs/results.md for the presets and the
+published protocols they match.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -35,10 +37,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from segtrain import crf as dense_crf
 from segtrain.config import OUTPUT_STRIDES, TrainConfig, read_config_file
 from segtrain.data import voc_dir_for
 from segtrain.data.labels import IGNORE_INDEX, NUM_CLASSES
-from segtrain.data.transforms import eval_transform
+from segtrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from segtrain.data.voc import VOCSegmentation
 from segtrain.device import amp_dtype_for, autocast, resolve_device
 from segtrain.distributed import join_process_group, leave_process_group
@@ -49,17 +52,19 @@ from segtrain.model import build_model, state_dict_problems
 
 CHECKPOINT = "checkpoint.pt"  # what segtrain.engine writes in a run dir
 MULTI_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # TF DeepLab's model zoo's and mmsegmentation's img_ratios
-MODEL_FIELDS = ("backbone", "output_stride", "aux_loss")  # config fields a checkpoint's weights depend on
+MODEL_FIELDS = ("model", "backbone", "output_stride", "aux_loss")  # config fields a checkpoint's weights depend on
 
 
 @dataclass(frozen=True)
 class Protocol:
     """How a model is evaluated. `output_stride` None means the run's own; scales are
-    factors of each image's size, kept sorted and distinct."""
+    factors of each image's size, kept sorted and distinct; `crf`: the averaged softmax refined
+    by a dense CRF (segtrain.crf, DeepLab v2's settings) before the argmax."""
 
     output_stride: int | None = None
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
+    crf: bool = False
 
     def __post_init__(self) -> None:
         if self.output_stride is not None and self.output_stride not in OUTPUT_STRIDES:
@@ -78,7 +83,7 @@ class Protocol:
 
     @property
     def name(self) -> str:
-        """File-name-safe and stable: "os16", "os8-flip", "os16-ms0.5-0.75-1-1.25-1.5-1.75-flip"."""
+        """File-name-safe and stable: "os16", "os8-flip", "os16-ms0.5-0.75-1-1.25-1.5-1.75-flip", "os16-crf"."""
         if self.output_stride is None:
             raise ValueError("the run's output stride is not known yet: name Protocol.for_run(...)")
         parts = [f"os{self.output_stride}"]
@@ -86,11 +91,14 @@ class Protocol:
             parts.append("ms" + "-".join(f"{scale:g}" for scale in self.scales))
         if self.flip:
             parts.append("flip")
+        if self.crf:
+            parts.append("crf")
         return "-".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
+        """`crf` only where it is on, so the result files written before it existed still match their protocol."""
         return {"name": self.name, "output_stride": self.output_stride, "scales": list(self.scales),
-                "flip": self.flip}
+                "flip": self.flip, **({"crf": True} if self.crf else {})}
 
 
 # named protocols, for study specs and docs/results.md
@@ -100,6 +108,10 @@ PRESETS = {
     "os8": Protocol(output_stride=8),
     "ms_flip": Protocol(scales=MULTI_SCALES, flip=True),
     "os8_ms_flip": Protocol(output_stride=8, scales=MULTI_SCALES, flip=True),  # the paper's strongest on val
+    # DeepLab v1/v2's post-processing, on top of the protocols above (CPU work: segtrain.crf)
+    "crf": Protocol(crf=True),
+    "os8_crf": Protocol(output_stride=8, crf=True),
+    "ms_flip_crf": Protocol(scales=MULTI_SCALES, flip=True, crf=True),
 }
 
 
@@ -123,9 +135,10 @@ def scaled_size(size: Sequence[int], scale: float) -> tuple[int, int]:
 
 
 def predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = False,
-            amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+            amp_dtype: torch.dtype | None = None, probabilities: bool = False) -> torch.Tensor:
     """Class scores (N x classes x H x W) whose argmax is the prediction: the logits for one
-    pass at scale 1, else the mean of the softmax probabilities (float32) over scales and flips.
+    pass at scale 1 (unless `probabilities`), else the mean of the softmax probabilities
+    (float32) over scales and flips.
 
     Each scale resizes the batch bilinearly without antialiasing (align_corners=False, as
     mmsegmentation's test-time resize and torchvision's DeepLabV3 upsampling), the logits
@@ -133,7 +146,7 @@ def predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1
     mirrored input and its output is mirrored back. The model must be in eval mode.
     """
     with torch.inference_mode(), autocast(amp_dtype):
-        if tuple(scales) == (1.0,) and not flip:
+        if tuple(scales) == (1.0,) and not flip and not probabilities:
             return model(images)["out"]
         size = images.shape[-2:]
         total = None
@@ -146,8 +159,8 @@ def predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1
                     logits = logits.flip(-1)
                 if logits.shape[-2:] != size:
                     logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-                probabilities = logits.softmax(dim=1)
-                total = probabilities if total is None else total.add_(probabilities)
+                softmax = logits.softmax(dim=1)
+                total = softmax if total is None else total.add_(softmax)
         return total.div_(len(scales) * (2 if flip else 1))
 
 
@@ -164,27 +177,53 @@ def predictions(model: nn.Module, dataset: VOCSegmentation, device: torch.device
 
 def evaluate_model(model: nn.Module, dataset: VOCSegmentation, device: torch.device, *,
                    scales: Sequence[float] = (1.0,), flip: bool = False, batch_size: int = 8, workers: int = 0,
-                   amp_dtype: torch.dtype | None = None, progress: bool = False) -> Scores:
+                   amp_dtype: torch.dtype | None = None, progress: bool = False, crf: bool = False) -> Scores:
     """mIoU etc. of `model` (built at the protocol's output stride) over `dataset`, each image at
     its own size; under torch.distributed every process calls it and gets the same Scores."""
     batches = _same_size_batches_on(device, dataset, batch_size, workers, progress)
     return score_batches(model, ((images, masks) for _, images, masks in batches), device,
-                         scales=scales, flip=flip, amp_dtype=amp_dtype)
+                         scales=scales, flip=flip, amp_dtype=amp_dtype, crf=crf)
 
 
 def score_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, *,
                   scales: Sequence[float] = (1.0,), flip: bool = False,
-                  amp_dtype: torch.dtype | None = None) -> Scores:
+                  amp_dtype: torch.dtype | None = None, crf: bool = False) -> Scores:
     """mIoU etc. of `model` over (images, masks) batches, each of images of one size (summed over
-    processes under torch.distributed)."""
+    processes under torch.distributed); with `crf`, each image's averaged softmax is refined by the
+    dense CRF in a pool of CPU processes (segtrain.crf.Refiner) before it is scored."""
     model.eval()
     matrix = ConfusionMatrix(NUM_CLASSES, device=device, ignore_index=IGNORE_INDEX)
-    for images, masks in batches:
-        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
-        matrix.update(predict(model, images, scales, flip, amp_dtype).argmax(dim=1),
-                      masks.to(device, non_blocking=True))
+    scored = ((images, predict(model, images.to(device, non_blocking=True, memory_format=torch.channels_last),
+                               scales, flip, amp_dtype, probabilities=crf), masks.to(device, non_blocking=True))
+              for images, masks in batches)
+    if crf:
+        with dense_crf.Refiner() as refiner:
+            for mask, labels in refiner.labels(_crf_inputs(scored)):
+                matrix.update(torch.from_numpy(labels).to(mask.device)[None], mask[None])
+    else:
+        for _, scores, masks in scored:
+            matrix.update(scores.argmax(dim=1), masks)
     matrix.all_reduce()
     return matrix.compute()
+
+
+def _crf_inputs(scored: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                ) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
+    """(mask, H x W x 3 uint8 RGB, classes x H x W float32 probabilities) per image, on the CPU."""
+    for images, probabilities, masks in scored:
+        rgb = rgb_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
+        for mask, image, image_probabilities in zip(masks, rgb, probabilities.float().cpu().numpy()):
+            yield mask, image, image_probabilities
+
+
+def rgb_uint8(images: torch.Tensor) -> torch.Tensor:
+    """N x 3 x H x W images as the photo's uint8 RGB values: as they are, or back from eval_transform's
+    ImageNet normalisation (exact: the float error is far below half a level)."""
+    if images.dtype == torch.uint8:
+        return images
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() * std + mean).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _same_size_batches_on(device: torch.device, dataset: VOCSegmentation, batch_size: int, workers: int,
@@ -227,12 +266,14 @@ def load_run_model(run_dir: str | Path, output_stride: int | None = None) -> tup
     except Exception as error:  # a corrupt or foreign file: say which and why, no traceback
         raise UserError(f"{checkpoint_path}: not a readable segtrain checkpoint ({error.__class__.__name__}); "
                         f"train the run again") from None
-    differ = [f"{key} {trained.get(key)!r} vs {getattr(cfg, key)!r}" for key in MODEL_FIELDS
-              if trained.get(key) != getattr(cfg, key)]
+    trained = {**TrainConfig().to_dict(), **trained}  # a field added since the checkpoint: its default
+    differ = [f"{key} {trained[key]!r} vs {getattr(cfg, key)!r}" for key in MODEL_FIELDS
+              if trained[key] != getattr(cfg, key)]
     if differ:
         raise UserError(f"{checkpoint_path}: made by another run than {config_path} ({'; '.join(differ)}, "
                         f"checkpoint vs config); keep each checkpoint beside its own config.json")
-    model = build_model(cfg.backbone, output_stride or cfg.output_stride, NUM_CLASSES, None, cfg.aux_loss)
+    model = build_model(cfg.backbone, output_stride or cfg.output_stride, NUM_CLASSES, None, cfg.aux_loss,
+                        cfg.model)
     problems = state_dict_problems(model.state_dict(), weights)
     if problems:
         raise UserError(f"{checkpoint_path}: does not fit the {cfg.backbone} model {config_path} describes: "
@@ -253,6 +294,8 @@ def evaluate_run(run_dir: str | Path, protocol: Protocol = PRESETS["ss"], *, dat
     as it is. Under torchrun the processes share the images and rank 0 writes.
     """
     run_dir = Path(run_dir)
+    if protocol.crf:
+        dense_crf.require()  # before anything is loaded
     model, cfg, step = load_run_model(run_dir, protocol.output_stride)
     protocol = protocol.for_run(cfg.output_stride)
     split = split or cfg.val_split
@@ -278,11 +321,12 @@ def evaluate_run(run_dir: str | Path, protocol: Protocol = PRESETS["ss"], *, dat
         started = time.perf_counter()
         scores = evaluate_model(model, dataset, target, scales=protocol.scales, flip=protocol.flip,
                                 batch_size=batch_size, workers=cfg.workers, amp_dtype=amp_dtype,
-                                progress=group.is_main)
+                                progress=group.is_main, crf=protocol.crf)
         result = {**key, "miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy,
                   "mean_class_accuracy": scores.mean_class_accuracy, "per_class_iou": scores.per_class_iou,
                   "images": len(dataset), "seconds": time.perf_counter() - started, "device": target.type,
-                  "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype else None, "out": str(out)}
+                  "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype else None, "out": str(out),
+                  **({"crf_settings": dataclasses.asdict(dense_crf.DEEPLAB_V2)} if protocol.crf else {})}
         if group.is_main:
             write_json_atomic(out, result)
     finally:

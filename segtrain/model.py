@@ -1,7 +1,15 @@
-"""DeepLabV3 from torchvision parts: a dilated ResNet, ASPP head, optional aux head.
+"""DeepLabV3 and DeepLabV3+ from torchvision parts: a dilated ResNet, ASPP, optional aux head.
 
 torchvision's own `deeplabv3_resnet*` builders fix output stride 8; the paper's
 standard setting is 16 (ASPP rates 6, 12, 18), so the model is assembled here.
+DeepLabV3+ (Chen et al. 2018, arXiv:1802.02611) is the same backbone and ASPP with
+the paper's decoder, the one part written here: layer1's stride-4 features projected
+to 48 channels (its Table 1), concatenated with the ASPP output upsampled to them,
+two 3x3 convolutions of 256 channels (Table 2's choice), the classifier, then bilinear
+upsampling to the input. Its convolutions are plain ones: the paper makes them
+depthwise-separable for speed with its Xception backbone. VainF/DeepLabV3Plus-Pytorch's
+ResNet V3+ is plain too (with one 3x3 convolution after the concatenation);
+segmentation-models-pytorch's is separable (tests/test_model.py compares the two).
 """
 
 from __future__ import annotations
@@ -11,10 +19,11 @@ from pathlib import Path
 from urllib.error import URLError
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet50_Weights, ResNet101_Weights, resnet50, resnet101
 from torchvision.models._utils import IntermediateLayerGetter
-from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
+from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead, DeepLabV3
 from torchvision.models.segmentation.fcn import FCNHead
 
 from segtrain.errors import WeightsError
@@ -28,8 +37,9 @@ DILATION = {16: ([False, False, True], (6, 12, 18)),
 
 
 def build_model(backbone: str, output_stride: int, num_classes: int = 21,
-                pretrained: str | Path | None = None, aux_loss: bool = False) -> DeepLabV3:
-    """DeepLabV3 whose forward returns {"out": logits at input size[, "aux": ...]}.
+                pretrained: str | Path | None = None, aux_loss: bool = False,
+                model: str = "deeplabv3") -> nn.Module:
+    """DeepLabV3 or DeepLabV3+ (`model`) whose forward returns {"out": logits at input size[, "aux": ...]}.
 
     `pretrained`: "imagenet" (torchvision's ResNet weights, downloaded once and
     cached), a path to a ResNet state_dict file, or None to train from scratch.
@@ -39,6 +49,8 @@ def build_model(backbone: str, output_stride: int, num_classes: int = 21,
         raise ValueError(f"unknown backbone {backbone!r}")
     if output_stride not in DILATION:
         raise ValueError(f"output stride must be 8 or 16, not {output_stride}")
+    if model not in ("deeplabv3", "deeplabv3plus"):
+        raise ValueError(f"unknown model {model!r}")
     make_resnet, imagenet = RESNETS[backbone]
     dilate, rates = DILATION[output_stride]
     # zero_init_residual: each block starts as the identity, so a network trained from
@@ -49,11 +61,62 @@ def build_model(backbone: str, output_stride: int, num_classes: int = 21,
         state = imagenet_state_dict(imagenet) if pretrained == "imagenet" else load_state_dict(pretrained)
         load_backbone_weights(resnet, state, source=str(pretrained))
     layers = {"layer4": "out", "layer3": "aux"} if aux_loss else {"layer4": "out"}
-    return DeepLabV3(
-        IntermediateLayerGetter(resnet, return_layers=layers),
-        DeepLabHead(2048, num_classes, atrous_rates=rates),
-        FCNHead(1024, num_classes) if aux_loss else None,
-    )
+    aux = FCNHead(1024, num_classes) if aux_loss else None
+    if model == "deeplabv3plus":
+        getter = IntermediateLayerGetter(resnet, return_layers={"layer1": "low_level", **layers})
+        return DeepLabV3Plus(getter, DecoderHead(2048, 256, num_classes, rates), aux)
+    return DeepLabV3(IntermediateLayerGetter(resnet, return_layers=layers),
+                     DeepLabHead(2048, num_classes, atrous_rates=rates), aux)
+
+
+class DecoderHead(nn.Module):
+    """DeepLabV3+'s head: torchvision's ASPP on the backbone's output, and the decoder that fuses
+    it with the low-level features (stride 4) into class logits at their resolution."""
+
+    LOW_LEVEL_CHANNELS = 48  # the paper's Table 1: fewer low-level channels keep the ASPP's features dominant
+    CHANNELS = 256
+
+    def __init__(self, in_channels: int, low_level_channels: int, num_classes: int, atrous_rates: tuple[int, ...]):
+        super().__init__()
+        self.aspp = ASPP(in_channels, list(atrous_rates), self.CHANNELS)
+        self.project = _conv_bn_relu(low_level_channels, self.LOW_LEVEL_CHANNELS, 1)
+        self.fuse = nn.Sequential(_conv_bn_relu(self.CHANNELS + self.LOW_LEVEL_CHANNELS, self.CHANNELS, 3),
+                                  _conv_bn_relu(self.CHANNELS, self.CHANNELS, 3))
+        self.classifier = nn.Conv2d(self.CHANNELS, num_classes, 1)
+
+    def forward(self, features: torch.Tensor, low_level: torch.Tensor) -> torch.Tensor:
+        low_level = self.project(low_level)
+        context = F.interpolate(self.aspp(features), size=low_level.shape[-2:], mode="bilinear",
+                                align_corners=False)
+        return self.classifier(self.fuse(torch.cat([context, low_level], dim=1)))
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+class DeepLabV3Plus(nn.Module):
+    """Backbone -> DecoderHead, upsampled to the input like torchvision's DeepLabV3 (bilinear,
+    align_corners=False), with the same optional aux head on layer3; the same attribute names
+    (backbone, classifier, aux_classifier), so the optimiser's parameter groups and checkpoints
+    treat both models alike."""
+
+    def __init__(self, backbone: IntermediateLayerGetter, classifier: DecoderHead,
+                 aux_classifier: nn.Module | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = classifier
+        self.aux_classifier = aux_classifier
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = images.shape[-2:]
+        features = self.backbone(images)
+        out = {"out": self.classifier(features["out"], features["low_level"])}
+        if self.aux_classifier is not None:
+            out["aux"] = self.aux_classifier(features["aux"])
+        return {key: F.interpolate(value, size=size, mode="bilinear", align_corners=False)
+                for key, value in out.items()}
 
 
 def imagenet_state_dict(weights) -> dict[str, torch.Tensor]:

@@ -97,7 +97,7 @@ def measure_evaluation(cfg: TrainConfig, image_size: int, batches: int, device: 
     model = None
     try:
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.backbone, cfg.output_stride, NUM_CLASSES, None, cfg.aux_loss)
+        model = build_model(cfg.backbone, cfg.output_stride, NUM_CLASSES, None, cfg.aux_loss, cfg.model)
         model = model.to(device, memory_format=torch.channels_last)
         score_batches(model, [(images, masks)], device, amp_dtype=amp_dtype)
         _synchronize(device)
@@ -116,7 +116,7 @@ def training_flops(cfg: TrainConfig) -> float:
     """FLOPs of one training image (forward + backward, auxiliary head included), counted on the meta
     device: no compute, and the same on every machine (for crops too large to run here)."""
     with torch.device("meta"):
-        model = build_model(cfg.backbone, cfg.output_stride, NUM_CLASSES, None, cfg.aux_loss)
+        model = build_model(cfg.backbone, cfg.output_stride, NUM_CLASSES, None, cfg.aux_loss, cfg.model)
         images = torch.empty(FLOP_BATCH, 3, cfg.crop_size, cfg.crop_size)
         masks = torch.zeros(FLOP_BATCH, cfg.crop_size, cfg.crop_size, dtype=torch.long)
 
@@ -141,7 +141,8 @@ def counted_flops(work: Callable[[], object]) -> float:
 def parameter_count(cfg: TrainConfig) -> int:
     """Parameters of cfg's model (counted on the meta device)."""
     with torch.device("meta"):
-        return count_parameters(build_model(cfg.backbone, cfg.output_stride, NUM_CLASSES, None, cfg.aux_loss))
+        return count_parameters(build_model(cfg.backbone, cfg.output_stride, NUM_CLASSES, None, cfg.aux_loss,
+                                            cfg.model))
 
 
 def device_name(device: torch.device) -> str:

@@ -1,4 +1,4 @@
-"""python -m segtrain.train: one DeepLabV3 training run (the baseline, or any config by hand).
+"""python -m segtrain.train: one DeepLabV3 (or V3+) training run (the baseline, or any config by hand).
 
 Every TrainConfig field is a flag (--lr, --crop-size, ...); `--config FILE`
 (TOML, or a run's config.json) supplies values first, flags override them.
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from segtrain.cli import ArgumentParser, run
-from segtrain.config import TrainConfig, field_names, field_type, read_config_file
+from segtrain.config import MODELS, TrainConfig, field_names, field_type, read_config_file
 from segtrain.distributed import launched_rank
 from segtrain.engine import train
 from segtrain.errors import UserError
@@ -26,6 +26,7 @@ HELP = {
     "data_root": "VOC root: the folder holding VOCdevkit/, VOCdevkit/ or VOC2012/ (default: $VOC_ROOT); "
                  "with --synthetic, where the synthetic set is cached",
     "synthetic": "train on a synthetic VOC-format set, made on first use",
+    "model": "deeplabv3, or deeplabv3plus (its decoder refines the ASPP output with layer1's stride-4 features)",
     "pretrained": "imagenet, none (from scratch) or PATH to a torchvision ResNet state_dict",
     "lr": "backbone learning rate; the head gets lr * head-lr-multiplier",
     "epochs": "budget in epochs of the train split",
@@ -78,8 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def summary(result: TrainResult, out: Path) -> str:
     cfg = result.config
     return "\n".join([
-        f"{cfg.backbone} OS {cfg.output_stride}, {cfg.optimizer} lr {cfg.lr:g}, crop {cfg.crop_size}, "
-        f"batch {cfg.batch_size}, {cfg.epochs:g} epochs ({result.steps} steps)",
+        f"{MODELS[cfg.model]} {cfg.backbone} OS {cfg.output_stride}, {cfg.optimizer} lr {cfg.lr:g}, "
+        f"crop {cfg.crop_size}, batch {cfg.batch_size}, {cfg.epochs:g} epochs ({result.steps} steps)",
         f"val mIoU {result.final_miou:.4f} (best {result.best_miou:.4f}), "
         f"pixel accuracy {result.pixel_accuracy:.4f}",
         f"{result.seconds:.0f} s, {result.images_per_second:.1f} images/s, "

@@ -245,6 +245,8 @@ def test_bad_input_is_one_line_naming_the_problem(tiny_run, tmp_path, capsys):
     fails(["--run", str(tiny_run), "--scales", "1", "0"], "--scales: must be > 0, got 0")
     fails(["--run", str(copy_run(tiny_run, tmp_path / "other", backbone="resnet101"))],
           "made by another run than")
+    fails(["--run", str(copy_run(tiny_run, tmp_path / "plus", model="deeplabv3plus"))],
+          "(model 'deeplabv3' vs 'deeplabv3plus', checkpoint vs config)")
     partial = tmp_path / "partial"
     shutil.copytree(tiny_run, partial, ignore=shutil.ignore_patterns(CHECKPOINT, "eval-*"))
     state = torch.load(tiny_run / CHECKPOINT, map_location="cpu", weights_only=True)

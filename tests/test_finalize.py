@@ -35,6 +35,7 @@ from torchvision.models import resnet101
 import hpo.finalize.runs
 import hpo.report.document
 import hpo.search.cli
+import segtrain.crf
 import segtrain.engine
 from hpo.finalize.cli import cli, main
 from hpo.plan.cost import CostModel
@@ -161,8 +162,8 @@ def finalized(spec, weights):
 
     build_model = segtrain.engine.build_model
 
-    def record_model(backbone, output_stride, num_classes, pretrained, aux_loss):
-        model = build_model(backbone, output_stride, num_classes, pretrained, aux_loss)
+    def record_model(backbone, output_stride, num_classes, pretrained, aux_loss, model_name):
+        model = build_model(backbone, output_stride, num_classes, pretrained, aux_loss, model_name)
         built.append((backbone, pretrained, {k: v.clone() for k, v in model.backbone.state_dict().items()}))
         return model
 
@@ -538,3 +539,14 @@ def test_bad_input_is_one_line_and_exit_2(argv, words, spec, workdir):
     code, _, err = quiet(argv)
     assert code == 2 and words in err and err.count("\n") == 1, err
     assert not Path("runs/nowhere").exists()
+
+
+def test_a_crf_protocol_without_its_extra_stops_before_any_training(spec, workdir, monkeypatch):
+    with_crf = workdir / "fin-crf.toml"
+    with_crf.write_text(spec.read_text().replace('eval = ["ss", "os8"]', 'eval = ["ss", "crf"]'))
+    assert with_crf.read_text() != spec.read_text()
+    monkeypatch.setattr(segtrain.crf, "available", lambda: False)
+    monkeypatch.setattr(hpo.finalize.runs, "train", lambda *args, **kwargs: pytest.fail("it trained"))
+    for argv in (["--study", str(with_crf), "--dry-run"], ["--study", str(with_crf)]):
+        code, _, err = quiet(argv)
+        assert code == 2 and "pip install -e '.[crf]'" in err and err.count("\n") == 1, err

@@ -20,6 +20,7 @@ from hpo.plan.cli import main
 from hpo.plan.cost import CostModel
 from hpo.plan.estimate import Estimator
 from hpo.spec import load_spec
+from segtrain import crf
 from segtrain.cli import run
 
 DEMO = REPO / "studies" / "demo.toml"
@@ -75,6 +76,38 @@ def test_demo_plan_rows_add_up_to_the_total(demo, capsys):
     assert all(printed[row.name] == f"{row.hours:.3g}" for row in plan.rows)
     assert "probe of test device (reused" in out and "disk, in demo:" in out
     assert "0% of the space predicted not to fit" in out
+
+
+def test_a_variant_and_the_crf_protocol_are_priced_from_their_own_figures(workdir):
+    """The demo with [finalize] variants = ["deeplabv3plus"] and the crf protocol: V3+ gets probe corners of
+    its own (on the space's backbone: it retrains the best configuration, never ResNet-101), here at twice
+    V3's seconds an image, and its row is priced from them; every run's crf scoring adds segtrain.crf's
+    CPU-seconds for its val images, shared over the pool's processes."""
+    text = DEMO.read_text().replace('\neval = ["ss", "os8"]\n',
+                                    '\neval = ["ss", "os8", "crf"]\nvariants = ["deeplabv3plus"]\n')
+    assert text != DEMO.read_text()
+    (workdir / "demo-family.toml").write_text(text)
+    output_dir = workdir / "demo-family"
+    write_probe(workdir / "demo-family.toml", output_dir=output_dir,
+                seconds_per_image=lambda c: SECONDS_PER_IMAGE * (2 if c.model == "deeplabv3plus" else 1))
+    spec = load_spec(workdir / "demo-family.toml").with_output_dir(output_dir)
+    plus = {(c.kind, c.backbone, c.output_stride) for c in probe.corner_configs(spec) if c.model == "deeplabv3plus"}
+    assert plus == {(kind, "resnet50", stride) for kind in ("train", "eval") for stride in (8, 16)}
+    assert probe.settings_key(load_spec(DEMO)) == probe.settings_key(load_spec(DEMO).with_output_dir(output_dir))
+    estimator = Estimator(spec, CostModel(probe.load(probe.probe_path(spec))))
+    rows = {row.name: row for row in estimator.plan().rows}
+    crf_seconds = crf.SECONDS_PER_VOC_IMAGE * (96 * 72) / (500 * 375) / crf.default_processes()  # 96 px, 4:3
+    assert estimator.crf_seconds_per_image == pytest.approx(crf_seconds)
+    share = sum(point["output_stride"] == 16 for point in estimator.points) / len(estimator.points)
+    each = 2 * SECONDS_PER_IMAGE
+    # trained, evaluated 4 times, scored at OS 8 where it trained at 16, and scored with the crf: a forward pass
+    # at its own stride, and the CRF's share of the clock
+    variant = 1.25 * 96 * each + 4 * 16 * each / 100 + share * 16 * each / 100 + 16 * (each / 100 + crf_seconds)
+    assert rows["variant: DeepLabV3+"].hours * 3600 == pytest.approx(3 * variant)
+    baseline = 1.25 * 96 * SECONDS_PER_IMAGE + 4 * 16 * SECONDS_PER_IMAGE / 100 + 16 * SECONDS_PER_IMAGE / 100
+    assert rows["baseline"].hours * 3600 == pytest.approx(3 * (baseline + 16 * (SECONDS_PER_IMAGE / 100 + crf_seconds)))
+    crf_note = f"dense CRF (crf): {crf.SECONDS_PER_VOC_IMAGE:g} CPU-seconds a 500x375 image"
+    assert any(note.startswith(crf_note) for note in estimator.plan().notes)
 
 
 def test_a_budget_cut_proposes_a_spec_that_parses_and_fits(demo, workdir, capsys):

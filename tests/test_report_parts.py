@@ -26,7 +26,8 @@ from segtrain.records import TrainResult
 
 SEEDS = (0, 1, 2)
 PROTOCOLS = {"os8": {"output_stride": 8, "scales": [1.0], "flip": False},  # as evaluate_run records them
-             "os8_ms_flip": {"output_stride": 8, "scales": list(MULTI_SCALES), "flip": True}}
+             "os8_ms_flip": {"output_stride": 8, "scales": list(MULTI_SCALES), "flip": True},
+             "crf": {"output_stride": 16, "scales": [1.0], "flip": False, "crf": True}}
 
 
 def configuration(name: str, roles: tuple[str, ...], search_value: float | None = None, **config) -> Configuration:
@@ -112,6 +113,16 @@ def test_ablation_experiments_are_compared_with_their_centre_only():
                      table, re.M)
 
 
+def test_a_variant_is_compared_with_the_best_configuration():
+    best = configuration("top-1", ("top",), 0.8)
+    variant = Configuration("variant deeplabv3plus", "", ("variant",), None, {}, TrainConfig(model="deeplabv3plus"),
+                            None, ("model", "deeplabv3plus"))
+    summaries = summarize([*runs(best, [0.70, 0.71, 0.72]), *runs(variant, [0.74, 0.77, 0.75])])
+    (found,) = compare.comparisons(summaries)
+    assert (found.a, found.b, found.family, found.paired.n) == ("variant deeplabv3plus", "top-1", "variant vs best", 3)
+    assert found.paired.difference == pytest.approx(0.0433, abs=1e-4)
+
+
 def test_rank_agreement_is_kendalls_tau_over_the_search_trials(summaries):
     agreement = compare.rank_agreement(summaries)
     assert agreement.names == ("top-1", "top-2", "top-3", "baseline")
@@ -141,9 +152,10 @@ def test_published_figures_sit_beside_a_column_of_the_same_protocol_only():
     r50 = configuration("top-1", ("top",), output_stride=8)  # ImageNet-pretrained ResNet-50 at OS 8
     scratch = configuration("r101-scratch", ("r101-scratch",), backbone="resnet101", pretrained=None)
     on_train = configuration("baseline", ("baseline",), train_split="train")  # VOC train, not train_aug
+    plus = configuration("variant deeplabv3plus", ("variant",), model="deeplabv3plus", backbone="resnet101")
     summaries = summarize([*runs(r101, [0.77, 0.78, 0.76], os8=[0.78, 0.79, 0.77], os8_ms_flip=[0.8, 0.8, 0.8]),
                            *runs(r50, [0.75, 0.76, 0.77]), *runs(scratch, [0.5, 0.5, 0.5]),
-                           *runs(on_train, [0.7, 0.7, 0.7])])
+                           *runs(on_train, [0.7, 0.7, 0.7]), *runs(plus, [0.79, 0.79, 0.79], crf=[0.8, 0.8, 0.8])])
     found = {(m.figure.source.split(" ")[0], m.figure.backbone, m.configuration, m.protocol, m.figure.miou_percent)
              for m in matches(summaries)}
     # the paper's OS 16 model at eval OS 16, 8 and 8 with 6 scales + flip beside the column of that protocol; its
@@ -152,6 +164,8 @@ def test_published_figures_sit_beside_a_column_of_the_same_protocol_only():
                      ("DeepLabV3", "resnet101", "r101-imagenet", "os8", 78.51),
                      ("DeepLabV3", "resnet101", "r101-imagenet", "os8_ms_flip", 79.77),
                      ("VainF/DeepLabV3Plus-Pytorch", "resnet101", "r101-imagenet", "ss", 77.3),
+                     # V3+ beside VainF's V3+ figure alone, and its crf column beside none
+                     ("VainF/DeepLabV3Plus-Pytorch", "resnet101", "variant deeplabv3plus", "ss", 78.3),
                      ("open-mmlab/mmsegmentation", "resnet50", "top-1", "ss", 76.17)}
     table = tables.published_table(PUBLISHED, matches(summaries))
     assert "r101-imagenet mIoU ss = 77.00" in table and "top-1 mIoU ss = 76.00" in table

@@ -204,3 +204,16 @@ def test_no_feasible_complete_trial_is_bad_input(tmp_path):
     spec = load_spec(spec_file(tmp_path))
     with pytest.raises(UserError, match="has no complete feasible trial to finalize"):
         plan(spec, study, spec.finalize)
+
+
+def test_a_variant_retrains_the_best_configuration_as_deeplabv3plus(tmp_path, study):
+    spec = load_spec(spec_file(tmp_path, 'variants = ["deeplabv3plus"]\n'))
+    configurations = plan(spec, study, spec.finalize)
+    assert [c.name for c in configurations] == ["top-1", "top-2", "top-3", "baseline", "variant deeplabv3plus",
+                                                "r101-imagenet", "r101-scratch"]
+    best, variant = configurations[0], configurations[4]
+    assert (variant.roles, variant.trial, variant.factor, variant.search_value) == (
+        ("variant",), 2, ("model", "deeplabv3plus"), None)
+    assert variant.description == "trial 2's recipe as DeepLabV3+"
+    assert best.config.model == "deeplabv3" and variant.config == best.config.replace(model="deeplabv3plus")
+    assert variant.key != best.key  # its own run dirs

@@ -111,13 +111,18 @@ top_k = 2
 seeds = [3, 4]
 epochs = 8
 pretrained_weights = "weights/r101.pth"
+eval = ["ss", "crf"]
+variants = ["deeplabv3plus"]
 """)
     spec = load_spec(path)
     assert (spec.study.name, spec.study.storage, spec.study.seed) == ("tiny", "sqlite:////tmp/elsewhere.db", 7)
     assert (spec.study.heartbeat_interval, spec.study.grace_period) == (1, 3)
     assert spec.sampler.args == {"multivariate": True, "group": False, "n_startup_trials": 4}
     assert isinstance(spec.make_pruner(), optuna.pruners.HyperbandPruner)
-    assert spec.finalize == type(spec.finalize)(top_k=2, seeds=(3, 4), epochs=8.0, pretrained_weights="weights/r101.pth")
+    assert spec.finalize == type(spec.finalize)(top_k=2, seeds=(3, 4), epochs=8.0,
+                                                pretrained_weights="weights/r101.pth", eval=("ss", "crf"),
+                                                variants=("deeplabv3plus",))
+    assert "the best configuration also as DeepLabV3+." in spec.to_markdown()
     config = spec.train_config({"lr": 0.05, "optimizer": "adam", "batch_size": 4})
     assert (config.synthetic, config.epochs, config.pretrained) == (True, 2.0, None)
     assert (config.lr, config.optimizer, config.batch_size, config.momentum) == (0.05, "adam", 4, 0.9)
@@ -347,9 +352,16 @@ INVALID = {
                                   "[finalize] schedule: must be one of poly, wsd, got 'cosine'"),
     "finalize unknown protocol": ('[finalize]\neval = ["ss", "os4"]\n',
                                   "[finalize] eval: must be a non-empty list of protocols from ss, os8, ms_flip, "
-                                  "os8_ms_flip, got ['ss', 'os4']"),
+                                  "os8_ms_flip, crf, os8_crf, ms_flip_crf, got ['ss', 'os4']"),
     "finalize repeated protocol": ('[finalize]\neval = ["os8", "os8"]\n',
                                    "[finalize] eval: must not repeat a protocol, got ['os8', 'os8']"),
+    "finalize unknown variant": ('[finalize]\nvariants = ["deeplabv4"]\n',
+                                 "[finalize] variants: must be a list of models from deeplabv3, deeplabv3plus, e.g. "
+                                 "[\"deeplabv3plus\"], got ['deeplabv4']"),
+    "finalize variant not a list": ('[finalize]\nvariants = "deeplabv3plus"\n',
+                                    "[finalize] variants: must be a list of models from"),
+    "finalize repeated variant": ('[finalize]\nvariants = ["deeplabv3plus", "deeplabv3plus"]\n',
+                                  "[finalize] variants: must not repeat a model"),
     "finalize scratch not a table": ("[finalize]\nscratch = 2\n", "[finalize] scratch: must be a table"),
     "scratch unknown key": ("[finalize.scratch]\nlr_multiplyer = 2\n",
                             "[finalize.scratch] lr_multiplyer: unknown setting or TrainConfig field "

@@ -4,9 +4,10 @@ The search's top-k distinct configurations (by their score on the search's val
 split), the [baseline] recipe, ResNet-101 ImageNet-pretrained with the best
 configuration's recipe, ResNet-101 from scratch with that recipe changed by
 [finalize.scratch] (a random backbone needs its own recipe: hpo.spec.ScratchRecipe),
-and the [finalize.ablation] experiments with their centre (hpo.finalize.experiments; at the
-search's budget unless the spec says "full"). All are scored on [finalize] val_split; all
-but those experiments are trained on [finalize] train_split for [finalize] epochs.
+the [finalize.ablation] experiments with their centre (hpo.finalize.experiments; at the
+search's budget unless the spec says "full"), and the best configuration as each [finalize]
+variants model (DeepLabV3+: role "variant"). All are scored on [finalize] val_split; all but
+the ablation's are trained on [finalize] train_split for [finalize] epochs.
 
 Imports hpo.report.results (Configuration), hpo.spec and hpo.trials; hpo.finalize.workflow calls it.
 """
@@ -27,7 +28,7 @@ from hpo.space import train_overrides
 from hpo.spec import FinalizeOptions, ScratchRecipe, StudySpec
 from hpo.storage_urls import safe_url
 from hpo.trials import feasible, ranked_trials
-from segtrain.config import TrainConfig
+from segtrain.config import MODELS, TrainConfig
 from segtrain.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class _Entry:
 
 def plan(spec: StudySpec, study: optuna.Study, options: FinalizeOptions) -> list[Configuration]:
     """The configurations to retrain, in table order: top-k, baseline, the ablation's centre and its
-    experiments (hpo.finalize.experiments), ResNet-101 pretrained, scratch.
+    experiments (hpo.finalize.experiments), variants, ResNet-101 pretrained, scratch.
 
     Entries that train the very same recipe (e.g. the baseline is also a top trial)
     are merged into one configuration carrying both roles.
@@ -78,6 +79,8 @@ def plan(spec: StudySpec, study: optuna.Study, options: FinalizeOptions) -> list
         trial = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")), None)
         entries.append(_Entry("baseline", "the [baseline] recipe", "baseline", trial, dict(spec.baseline)))
     entries += ablation_entries(spec, study, options, best)
+    entries += [_Entry(f"variant {model}", f"trial {best.number}'s recipe as {MODELS[model]}", "variant", best,
+                       best_params, {"model": model}, ("model", model)) for model in options.variants]
     weights = options.pretrained_weights or "imagenet"
     source = f" ({weights})" if options.pretrained_weights else ""
     r101 = {**best_params, "backbone": "resnet101"}

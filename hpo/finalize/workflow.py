@@ -25,7 +25,9 @@ from hpo.report.outputs import PREDICTIONS, Outputs, write
 from hpo.report.results import RESULT, Configuration, summarize
 from hpo.search.loop import open_existing_study
 from hpo.spec import FinalizeOptions, StudySpec
+from segtrain import crf
 from segtrain.data import require_splits
+from segtrain.evaluation import PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ def planned(spec: StudySpec, options: FinalizeOptions) -> tuple[optuna.Study, li
     study = open_existing_study(spec)
     configurations = plan(spec, study, options)
     require_splits(configurations[0].config)  # finalize's own splits, before any training
+    if any(PRESETS[name].crf for name in options.eval):
+        crf.require()  # the [crf] extra, before days of training that would end without it
     return study, configurations, spec.study.output_dir / "final"
 
 

@@ -1,6 +1,6 @@
 """The cost model: a probe fitted, and what a study's trials, final runs and checkpoints will cost.
 
-Per (backbone, output stride), from the probe's training corners (non-negative least
+Per (model, backbone, output stride), from the probe's training corners (non-negative least
 squares, scipy.optimize.nnls):
 
     seconds per step = a + b x batch + c x batch x pixels     (pixels = crop^2)
@@ -32,7 +32,7 @@ from scipy.optimize import nnls
 from hpo.plan.probe import COST_FIELDS, Corner, Probe
 from hpo.space import Param, train_overrides
 from segtrain import profile
-from segtrain.config import TrainConfig
+from segtrain.config import MODELS, TrainConfig
 from segtrain.data.synthetic import holdout_size
 from segtrain.data.voc import find_voc_dir, read_split_ids
 from segtrain.errors import UserError
@@ -83,13 +83,12 @@ class CostModel:
         self.memory_limit_bytes = probe.memory_limit_bytes
         train = [c for c in probe.corners if c.kind == "train"]
         self._measured = {_key(c.configuration): c for c in probe.corners}
-        self._groups = {group: _fit([c for c in train if (c.backbone, c.output_stride) == group])
-                        for group in {(c.backbone, c.output_stride) for c in train}}
-        self._eval = {(c.backbone, c.output_stride): c for c in probe.corners if c.kind == "eval"}
+        self._groups = {group: _fit([c for c in train if c.group == group]) for group in {c.group for c in train}}
+        self._eval = {c.group: c for c in probe.corners if c.kind == "eval"}
 
     def predict(self, config: Mapping[str, Any]) -> Prediction:
         """`config`: TrainConfig fields (a dict, e.g. TrainConfig.to_dict()); needs COST_FIELDS."""
-        group = (config["backbone"], config["output_stride"])
+        group = (config["model"], config["backbone"], config["output_stride"])
         if group not in self._groups:
             raise self._missing(*group)
         evaluation = self._eval_corner(*group)
@@ -112,19 +111,19 @@ class CostModel:
         return Prediction(seconds, eval_seconds, memory, fits, measured)
 
 
-    def eval_seconds_per_image(self, backbone: str, output_stride: int) -> float:
+    def eval_seconds_per_image(self, model: str, backbone: str, output_stride: int) -> float:
         """Evaluating one val image at this output stride (single scale); inf where it did not fit."""
-        corner = self._eval_corner(backbone, output_stride)
+        corner = self._eval_corner(model, backbone, output_stride)
         return 1 / corner.images_per_second if corner.fits else math.inf
 
-    def _eval_corner(self, backbone: str, output_stride: int) -> Corner:
-        if (backbone, output_stride) not in self._eval:
-            raise self._missing(backbone, output_stride)
-        return self._eval[backbone, output_stride]
+    def _eval_corner(self, model: str, backbone: str, output_stride: int) -> Corner:
+        if (model, backbone, output_stride) not in self._eval:
+            raise self._missing(model, backbone, output_stride)
+        return self._eval[model, backbone, output_stride]
 
-    def _missing(self, backbone: str, output_stride: int) -> UserError:
-        return UserError(f"the probe ({self.probe.device}) has no corner of {backbone} at output stride "
-                         f"{output_stride}; run python -m hpo.plan --reprobe")
+    def _missing(self, model: str, backbone: str, output_stride: int) -> UserError:
+        return UserError(f"the probe ({self.probe.device}) has no corner of {MODELS[model]} {backbone} at output "
+                         f"stride {output_stride}; run python -m hpo.plan --reprobe")
 
 
 def _key(configuration: Mapping[str, Any]) -> str:
@@ -173,17 +172,19 @@ def checkpoint_bytes(config: Mapping[str, Any], finished: bool = False) -> int:
     buffers (a finished run's checkpoint keeps the weights alone)."""
     momentum = config["optimizer"] != "sgd" or config["momentum"]
     state = OPTIMIZER_STATE[config["optimizer"]] if momentum and not finished else 0
-    return BYTES_PER_VALUE * _parameters(config["backbone"], config["output_stride"], config["aux_loss"]) * (1 + state)
+    return BYTES_PER_VALUE * _parameters(config["model"], config["backbone"], config["output_stride"],
+                                         config["aux_loss"]) * (1 + state)
 
 
-_PARAMETERS: dict[tuple[str, int, bool], int] = {}
+_PARAMETERS: dict[tuple[str, str, int, bool], int] = {}
 
 
-def _parameters(backbone: str, output_stride: int, aux_loss: bool) -> int:
-    key = (backbone, output_stride, aux_loss)
+def _parameters(model: str, backbone: str, output_stride: int, aux_loss: bool) -> int:
+    key = (model, backbone, output_stride, aux_loss)
     if key not in _PARAMETERS:
-        _PARAMETERS[key] = profile.parameter_count(TrainConfig(backbone=backbone, output_stride=output_stride,
-                                                               aux_loss=aux_loss, pretrained=None))
+        _PARAMETERS[key] = profile.parameter_count(TrainConfig(model=model, backbone=backbone,
+                                                               output_stride=output_stride, aux_loss=aux_loss,
+                                                               pretrained=None))
     return _PARAMETERS[key]
 
 

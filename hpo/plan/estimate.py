@@ -8,12 +8,15 @@ fits), times the pruner's measured saving. A configuration predicted not to fit 
 device costs nothing: the search ends it before it trains.
 
 Finalize (hpo.finalize): top_k configurations, the baseline, ResNet-101 pretrained and
-from scratch with the best configuration's hyperparameters, each trained once per seed for
+from scratch with the best configuration's hyperparameters, and the best as each [finalize]
+variant model (DeepLabV3+, priced from its own probe corners), each trained once per seed for
 the [finalize] epochs on finalize's split; the [finalize.ablation] experiments, one
 configuration per value that differs from the centre's (and the centre again at the search
 budget), at their own budget (the search's epochs on its training split, or finalize's); all
 scored under the [finalize] eval protocols
-(a forward pass per scale and flip, at the protocol's output stride). The winners are
+(a forward pass per scale and flip, at the protocol's output stride; a CRF protocol adds
+segtrain.crf's measured CPU-seconds per image, shared out over its pool's processes,
+the device idle meanwhile). The winners are
 unknown before the search, so each such row is priced at the expected cost of a
 configuration of the space that fits; once they are known, hpo.finalize prices each
 configuration itself (`final_run_hours`).
@@ -33,9 +36,10 @@ from typing import Any
 
 from hpo.markdown import markdown_table
 from hpo.plan.cost import PRUNER_SAVING, CostModel, TrialPricer, checkpoint_bytes, sample_space, split_size
-from hpo.plan.probe import FINALIZE_BACKBONE
+from hpo.plan.probe import FINALIZE_BACKBONE, val_image_side
 from hpo.spec import Multiple, StudySpec
-from segtrain.config import TrainConfig
+from segtrain import crf
+from segtrain.config import MODELS, TrainConfig
 from segtrain.evaluation import OWN_PROTOCOL, PRESETS
 
 SAMPLES = 1000  # random draws of the space for the expected cost: a ~2% standard error here
@@ -176,6 +180,8 @@ class Estimator:
         scratch = options.scratch.epochs_multiplier
         rows[f"ResNet-101, from scratch (x{scratch:g} epochs)"] = (dataclasses.replace(
             r101, per_epoch=r101.per_epoch * scratch, per_epoch_max=r101.per_epoch_max * scratch), 1, None)
+        for model in options.variants:  # the best configuration as another DeepLab model
+            rows[f"variant: {MODELS[model]}"] = (self._space_cost({"model": model}), 1, None)
         return rows | self._ablation_rows()
 
     def _ablation_rows(self) -> dict[str, tuple[_RunCost, int, float | None]]:
@@ -232,15 +238,25 @@ class Estimator:
 
     def _protocol_seconds(self, config: Mapping[str, Any]) -> float:
         """Seconds per val image of the [finalize] eval protocols other than the run's own: a forward pass per
-        scale (its cost growing as the scale's pixels) and per flip, at the protocol's output stride."""
+        scale (its cost growing as the scale's pixels) and per flip, at the protocol's output stride, and the
+        CRF's share of the wall clock where the protocol has one."""
         own = PRESETS[OWN_PROTOCOL].for_run(config["output_stride"])
         seconds = 0.0
         for name in self.spec.finalize.eval:
             protocol = PRESETS[name].for_run(config["output_stride"])
             if protocol != own:
                 passes = sum(scale * scale for scale in protocol.scales) * (2 if protocol.flip else 1)
-                seconds += passes * self.model.eval_seconds_per_image(config["backbone"], protocol.output_stride)
+                seconds += passes * self.model.eval_seconds_per_image(config["model"], config["backbone"],
+                                                                      protocol.output_stride)
+                seconds += self.crf_seconds_per_image if protocol.crf else 0.0
         return seconds
+
+    @functools.cached_property
+    def crf_seconds_per_image(self) -> float:
+        """The dense CRF's wall-clock seconds per val image: segtrain.crf's CPU-seconds for a VOC image, scaled
+        by the images' pixels (4:3 photos at the val side), over the pool's processes on this machine."""
+        pixels = val_image_side(self.base) ** 2 * 3 / 4
+        return crf.SECONDS_PER_VOC_IMAGE * pixels / crf.VOC_IMAGE_PIXELS / crf.default_processes()
 
     def final_run_hours(self, config: TrainConfig) -> float | None:
         """One run of a known final configuration (hpo.finalize's plan), or None where it is predicted not to fit."""
@@ -291,10 +307,17 @@ class Estimator:
         (train, train_from), (val, val_from) = self.search_images
         (final_train, final_from), (final_val, _) = self.final_images
         probe = self.model.probe
-        return (f"device: {probe.device} (probe of {probe.created}, torch {probe.torch}); the hours are predictions "
-                f"from the probe's corners, not measurements of whole runs",
-                f"search trials: {train} train images ({train_from}), {val} to select on; final runs: "
-                f"{final_train} train images ({final_from}), {final_val} evaluated",
+        notes = [f"device: {probe.device} (probe of {probe.created}, torch {probe.torch}); the hours are predictions "
+                 f"from the probe's corners, not measurements of whole runs",
+                 f"search trials: {train} train images ({train_from}), {val} to select on; final runs: "
+                 f"{final_train} train images ({final_from}), {final_val} evaluated"]
+        with_crf = [name for name in self.spec.finalize.eval if PRESETS[name].crf]
+        if with_crf:
+            notes.append(f"dense CRF ({', '.join(with_crf)}): {crf.SECONDS_PER_VOC_IMAGE:g} CPU-seconds a 500x375 "
+                         f"image (measured on a 2-core development CPU, segtrain/crf.py) over "
+                         f"{crf.default_processes()} processes here: {self.crf_seconds_per_image:.3g} s of the wall "
+                         f"clock an image, the device idle meanwhile")
+        return (*notes,
                 f"memory limit {probe.memory_limit_bytes / 2 ** 30:.1f} GiB ({probe.memory_limit_source})")
 
 

@@ -1,9 +1,10 @@
 """The probe: a study's cost corners, measured on this machine, kept in <output dir>/probe.json.
 
 A corner is a configuration at an extreme of what the study can train: the smallest
-and largest crop and batch of the space x every output stride x every backbone (the
-space's, and ResNet-101 for finalize), plus the baseline as it is, plus one evaluation
-corner per backbone and stride. Each is measured with segtrain.profile (a warm-up
+and largest crop and batch of the space x every output stride x every model and backbone
+(the space's, and ResNet-101 for finalize; a [finalize] variant model on the space's
+backbones), plus the baseline as it is, plus one evaluation corner per model, backbone
+and stride. Each is measured with segtrain.profile (a warm-up
 step, whose FLOPs are counted, then `steps` timed ones, with the spec's device, AMP and
 channels_last as the engine trains; evaluation corners time a third as many batches).
 Grid corners are trained with the costliest auxiliary-head and optimizer choice the
@@ -36,7 +37,7 @@ from tqdm import tqdm
 from hpo.markdown import markdown_table
 from hpo.spec import Multiple, StudySpec
 from segtrain import profile
-from segtrain.config import TrainConfig
+from segtrain.config import MODELS, TrainConfig
 from segtrain.device import amp_dtype_for, resolve_device
 from segtrain.errors import UserError
 from segtrain.evaluation import PRESETS
@@ -46,10 +47,10 @@ SCHEMA = 1
 PROBE_FILE = "probe.json"
 DEFAULT_STEPS = 30
 VOC_IMAGE_SIDE = 500  # VOC photos are at most 500 px a side; an eval batch pads to its largest
-COST_FIELDS = ("backbone", "output_stride", "crop_size", "batch_size", "aux_loss", "optimizer")
+COST_FIELDS = ("model", "backbone", "output_stride", "crop_size", "batch_size", "aux_loss", "optimizer")
 STATEFUL_OPTIMIZERS = ("adamw", "adam")  # two moment buffers a parameter, against SGD's one
 FINALIZE_BACKBONE = "resnet101"  # finalize's pretrained-vs-scratch comparison
-ENUMERATED = ("backbone", "output_stride")  # probed at every value; crop and batch at their extremes
+ENUMERATED = ("model", "backbone", "output_stride")  # probed at every value; crop and batch at their extremes
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,12 @@ class Corner:
     out_of_memory: str | None = None
     flops_per_image: float = 0.0  # training FLOPs (forward + backward); eval corners: 0
     parameters: int = 0
+    model: str = TrainConfig.model  # last, with its default: probe files written before it read as DeepLabV3
+
+    @property
+    def group(self) -> tuple[str, str, int]:
+        """What the cost model fits apart: (model, backbone, output stride)."""
+        return self.model, self.backbone, self.output_stride
 
     @property
     def configuration(self) -> dict[str, Any]:
@@ -107,7 +114,7 @@ def probe_path(spec: StudySpec) -> Path:
 def grid_values(spec: StudySpec, field: str) -> list[Any]:
     """The values of `field` to probe: of those the study can give it (the searched ones: choices, or
     the bounds of each range; the finalize ablation's; else the fixed one), the smallest and largest,
-    or every one for a backbone or an output stride (the cost model fits each of those apart)."""
+    or every one for a model, a backbone or an output stride (the cost model fits each of those apart)."""
     values = set()
     for param in spec.space:
         if param.field == field:
@@ -127,25 +134,30 @@ def costliest(spec: StudySpec, field: str, order: Sequence[Any]) -> Any:
 
 
 def corner_configs(spec: StudySpec) -> list[Corner]:
-    """The corners to measure, unmeasured, in order (train corners by backbone and stride, the
+    """The corners to measure, unmeasured, in order (train corners by model, backbone and stride, the
     baseline, then the evaluation corners)."""
     base = spec.train_config()
     aux = costliest(spec, "aux_loss", (True, False))
     optimizer = costliest(spec, "optimizer", (*STATEFUL_OPTIMIZERS, "sgd"))
+    models = grid_values(spec, "model")
     backbones = list(dict.fromkeys([*grid_values(spec, "backbone"), FINALIZE_BACKBONE]))
+    # a variant retrains the best configuration, whose backbone is the space's
+    groups = [(model, backbone) for model in models for backbone in backbones] + \
+        [(model, backbone) for model in spec.finalize.variants if model not in models
+         for backbone in grid_values(spec, "backbone")]
     strides = grid_values(spec, "output_stride")
-    corners = [Corner("train", backbone, stride, crop, batch, aux, optimizer)
-               for backbone in backbones for stride in strides
+    corners = [Corner("train", backbone, stride, crop, batch, aux, optimizer, model=model)
+               for model, backbone in groups for stride in strides
                for crop in grid_values(spec, "crop_size") for batch in grid_values(spec, "batch_size")]
     if spec.baseline:
         baseline = spec.train_config(spec.baseline)
-        corners.append(Corner("train", *(getattr(baseline, field) for field in COST_FIELDS)))
+        corners.append(Corner("train", **{field: getattr(baseline, field) for field in COST_FIELDS}))
     eval_side = val_image_side(base)
     # finalize scores its runs at these strides too ([finalize] eval: os8 on a model trained at 16)
     eval_strides = sorted({*strides, *(PRESETS[name].output_stride for name in spec.finalize.eval
                                        if PRESETS[name].output_stride is not None)})
-    corners += [Corner("eval", backbone, stride, eval_side, base.eval_batch_size, aux, optimizer)
-                for backbone in backbones for stride in eval_strides]
+    corners += [Corner("eval", backbone, stride, eval_side, base.eval_batch_size, aux, optimizer, model=model)
+                for model, backbone in groups for stride in eval_strides]
     return list({json.dumps(c.configuration, sort_keys=True): c for c in corners}.values())
 
 
@@ -157,8 +169,14 @@ def val_image_side(cfg: TrainConfig) -> int:
 def settings_key(spec: StudySpec) -> str:
     """Identifies what a probe of this spec measures (its corners, its device setting): a probe
     file stands for the spec only while this stays the same."""
-    wanted = {"corners": [c.configuration for c in corner_configs(spec)], "device": spec.train_config().device}
+    wanted = {"corners": [_keyed(c.configuration) for c in corner_configs(spec)], "device": spec.train_config().device}
     return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _keyed(configuration: dict[str, Any]) -> dict[str, Any]:
+    """A corner as settings_key sees it: the model, added to the corners later, only where it is not
+    DeepLabV3, so the probe files made before it still stand for their specs."""
+    return {k: v for k, v in configuration.items() if (k, v) != ("model", TrainConfig.model)}
 
 
 def eval_batches(steps: int) -> int:
@@ -201,12 +219,11 @@ def measure(spec: StudySpec, steps: int = DEFAULT_STEPS, memory_limit_bytes: int
 
 
 def _expected_cpu_peak(corner: Corner, measured: Sequence[Corner]) -> float | None:
-    """A training corner's peak, scaled from the largest measured corner of its backbone and stride by
+    """A training corner's peak, scaled from the largest measured corner of its model, backbone and stride by
     batch x pixels (an over-estimate: the model's own memory does not grow); None before any."""
     if corner.kind != "train":
         return None
-    group = [c for c in measured if c.kind == "train" and c.fits and
-             (c.backbone, c.output_stride) == (corner.backbone, corner.output_stride)]
+    group = [c for c in measured if c.kind == "train" and c.fits and c.group == corner.group]
     if not group:
         return None
     largest = max(group, key=lambda c: c.batch_size * c.crop_size ** 2)
@@ -305,11 +322,12 @@ def describe(probe: Probe) -> str:
     rows = []
     for c in probe.corners:
         achieved = c.flops_per_image * c.images_per_second / scale if c.fits and c.flops_per_image else None
-        rows.append([c.kind, c.backbone, c.output_stride, c.crop_size, c.batch_size, "on" if c.aux_loss else "off",
-                     c.optimizer, _number(c.images_per_second), _number(c.peak_memory_bytes, 2 ** 30),
-                     _number(c.flops_per_image, 1e9) if c.flops_per_image else "", _number(achieved),
+        rows.append([c.kind, MODELS[c.model], c.backbone, c.output_stride, c.crop_size, c.batch_size,
+                     "on" if c.aux_loss else "off", c.optimizer, _number(c.images_per_second),
+                     _number(c.peak_memory_bytes, 2 ** 30), _number(c.flops_per_image, 1e9) if c.flops_per_image else "",
+                     _number(achieved),
                      "yes" if c.fits else f"no: {c.out_of_memory}"])
-    return markdown_table(["kind", "backbone", "OS", "crop", "batch", "aux", "optimizer", "images/s",
+    return markdown_table(["kind", "model", "backbone", "OS", "crop", "batch", "aux", "optimizer", "images/s",
                            "peak memory GiB", "GFLOP/image", rate, "fits"], rows)
 
 

@@ -1,11 +1,13 @@
 """Which configurations the final table compares, with what statistics, and the words for each verdict.
 
-Three families of paired-by-seed comparisons (hpo.report.stats), per evaluation protocol:
+Four families of paired-by-seed comparisons (hpo.report.stats), per evaluation protocol:
 - each top-k configuration vs the baseline, Holm-corrected over the family (the top-k
   were chosen from many trials, and any one of them beating the baseline by luck
   would be reported as a finding);
 - each ablation experiment vs its centre (the best configuration or the baseline, at the
   same budget and seeds), Holm-corrected over the experiments;
+- each variant (the best configuration as another DeepLab model: [finalize] variants) vs the
+  best configuration, Holm-corrected over the variants;
 - ResNet-101 ImageNet-pretrained vs from scratch, one comparison, uncorrected.
 A verdict is "better" or "worse" when the (Holm-adjusted) paired t p < 0.05, else
 "inconclusive"; a pair of arms with fewer than two seeds finished in both is
@@ -26,6 +28,7 @@ from hpo.report.results import OWN_PROTOCOL, Summary, find
 TOP_VS_BASELINE = "top-k vs baseline"
 PRETRAINED_VS_SCRATCH = "pretrained vs scratch"
 ABLATION = "ablation vs centre"
+VARIANT = "variant vs best"
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,9 @@ def comparisons(summaries: Sequence[Summary], protocol: str = OWN_PROTOCOL) -> l
     centre = find(summaries, "ablation-centre")
     if centre is not None:
         out += _holm([compare(s, centre, protocol, ABLATION) for s in summaries if s.role("ablation")])
+    best = find(summaries, "top")
+    if best is not None:
+        out += _holm([compare(s, best, protocol, VARIANT) for s in summaries if s.role("variant") and s is not best])
     pretrained, scratch = find(summaries, "r101-imagenet"), find(summaries, "r101-scratch")
     if pretrained is not None and scratch is not None and pretrained is not scratch:
         out.append(compare(pretrained, scratch, protocol, PRETRAINED_VS_SCRATCH))

@@ -1,8 +1,9 @@
-"""Published DeepLabV3 figures on VOC 2012 val, each with its protocol as data, and which final columns match.
+"""Published DeepLabV3 (and V3+) figures on VOC 2012 val, each with its protocol as data, and which final
+columns match.
 
 Each figure is checked against its source in docs/results.md (which lists the caveats).
 A figure is set beside a final configuration's "mIoU <protocol>" column only where the
-backbone (ImageNet-pretrained), the splits (trained on train_aug, scored on val), the
+model (DeepLabV3 or V3+), the backbone (ImageNet-pretrained), the splits (trained on train_aug, scored on val), the
 training output stride and the evaluation protocol (output stride, scales, flip) are the
 same; what still differs (e.g. a center-cropped evaluation) is listed.
 
@@ -28,6 +29,7 @@ class PublishedFigure:
     training: str  # crops, batch, schedule: not matched, shown
     differs: tuple[str, ...]  # what differs from segtrain's run even when the protocol matches
     url: str
+    model: str = "deeplabv3"  # TrainConfig.model it corresponds to
 
     @property
     def label(self) -> str:
@@ -59,6 +61,14 @@ PUBLISHED = (
     PublishedFigure("VainF/DeepLabV3Plus-Pytorch", "resnet101", 16, EvalProtocol(16), 77.3,
                     "513 crops, batch 16, 30k it", ("513 x 513 center-crop evaluation", "best-on-val checkpoint"),
                     "https://github.com/VainF/DeepLabV3Plus-Pytorch"),
+    PublishedFigure("VainF/DeepLabV3Plus-Pytorch", "resnet50", 16, EvalProtocol(16), 77.2,
+                    "513 crops, batch 16, 30k it", ("513 x 513 center-crop evaluation", "best-on-val checkpoint",
+                                                    "one 3x3 convolution in the decoder"),
+                    "https://github.com/VainF/DeepLabV3Plus-Pytorch", "deeplabv3plus"),
+    PublishedFigure("VainF/DeepLabV3Plus-Pytorch", "resnet101", 16, EvalProtocol(16), 78.3,
+                    "513 crops, batch 16, 30k it", ("513 x 513 center-crop evaluation", "best-on-val checkpoint",
+                                                    "one 3x3 convolution in the decoder"),
+                    "https://github.com/VainF/DeepLabV3Plus-Pytorch", "deeplabv3plus"),
     PublishedFigure(MMSEG, "resnet50", 8, EvalProtocol(8), 76.17, "512 crops, batch 16, 20k it", MMSEG_DIFFERS,
                     MMSEG_URL),
     PublishedFigure(MMSEG, "resnet50", 8, EvalProtocol(8, MULTI_SCALES, True), 77.42, "512 crops, batch 16, 20k it",
@@ -79,13 +89,14 @@ class Match:
 
 
 def matches(summaries: Sequence[Summary], figures: Sequence[PublishedFigure] = PUBLISHED) -> list[Match]:
-    """Each (figure, configuration column) pair whose backbone, training stride and eval protocol agree."""
+    """Each (figure, configuration column) pair whose model, backbone, training stride and eval protocol agree."""
     found = []
     for figure in figures:
         for s in summaries:
             config = s.configuration.config
-            if (config.backbone, config.output_stride, config.pretrained is not None, config.train_split,
-                    config.val_split) != (figure.backbone, figure.train_output_stride, True, "train_aug", "val"):
+            if (config.model, config.backbone, config.output_stride, config.pretrained is not None, config.train_split,
+                    config.val_split) != (figure.model, figure.backbone, figure.train_output_stride, True, "train_aug",
+                                          "val"):
                 continue
             for protocol, stat in s.miou.items():
                 protocols = {run.protocol(protocol) for run in s.ok}

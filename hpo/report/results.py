@@ -45,30 +45,33 @@ def miou_title(protocol: str) -> str:
 
 @dataclass(frozen=True)
 class EvalProtocol:
-    """How a val mIoU was measured: the output stride at evaluation, the input scales, and flipping."""
+    """How a val mIoU was measured: the output stride at evaluation, the input scales, flipping, a dense CRF."""
 
     output_stride: int
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
+    crf: bool = False
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> EvalProtocol:
-        """From evaluate_run's `protocol` entry: {output_stride, scales, flip}."""
-        return cls(int(values["output_stride"]), tuple(float(s) for s in values["scales"]), bool(values["flip"]))
+        """From evaluate_run's `protocol` entry: {output_stride, scales, flip[, crf]}."""
+        return cls(int(values["output_stride"]), tuple(float(s) for s in values["scales"]), bool(values["flip"]),
+                   bool(values.get("crf", False)))
 
 
 @dataclass(frozen=True)
 class Configuration:
     """One configuration of the final table, trained once per seed."""
 
-    name: str  # e.g. "top-1", "baseline", "r101-scratch", "ablation output_stride=8"; also names its run dirs
+    name: str  # e.g. "top-1", "baseline", "r101-scratch", "ablation output_stride=8", "variant deeplabv3plus";
+    #            also names its run dirs
     description: str  # e.g. "trial 7 = baseline", "ResNet-101, ImageNet-pretrained"
-    roles: tuple[str, ...]  # "top", "baseline", "r101-imagenet", "r101-scratch", "ablation"
+    roles: tuple[str, ...]  # "top", "baseline", "r101-imagenet", "r101-scratch", "ablation", "variant"
     trial: int | None  # the search trial it comes from, if any
     params: dict[str, Any]  # the overrides of the spec's [train] that define it
     config: TrainConfig  # seed 0; each run replaces the seed
     search_value: float | None = None  # its trial's score in the search (short budget, the search's val split)
-    factor: tuple[str, Any] | None = None  # an ablation's (field, value)
+    factor: tuple[str, Any] | None = None  # an ablation's (field, value); a variant's ("model", model)
 
     def for_seed(self, seed: int) -> TrainConfig:
         return self.config.replace(seed=seed)

@@ -20,6 +20,7 @@ from hpo.report.factors import Effect, Ranking
 from hpo.report.published import Match, PublishedFigure
 from hpo.report.results import METRICS, FinalRun, Summary, miou_key, miou_title, present_classes
 from hpo.report.stats import Sample
+from segtrain.config import MODELS
 from segtrain.data.labels import CLASS_NAMES
 from segtrain.records import RUNTIME_FIELDS
 
@@ -133,9 +134,9 @@ def published_table(figures: Sequence[PublishedFigure], found: Sequence[Match]) 
     for figure in figures:
         here = "; ".join(f"{m.configuration} {miou_title(m.protocol)} = {100 * m.miou:.2f}"
                          for m in found if m.figure is figure) or "-"
-        rows.append([figure.source, figure.backbone, figure.label, figure.training, f"{figure.miou_percent:.2f}",
+        rows.append([figure.source, f"{MODELS[figure.model]} {figure.backbone}", figure.label, figure.training, f"{figure.miou_percent:.2f}",
                      here, ", ".join(figure.differs), figure.url])
-    return markdown_table(["source (published)", "backbone", "protocol", "training", "val mIoU %",
+    return markdown_table(["source (published)", "model", "protocol", "training", "val mIoU %",
                            "same protocol here (%)", "still differs", "link"], rows)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 
 from hpo.space import Param
-from segtrain.config import SCHEDULES, SPLITS, TrainConfig
+from segtrain.config import MODELS, SCHEDULES, SPLITS, TrainConfig
 from segtrain.errors import ConfigError
 from segtrain.evaluation import PRESETS
 
@@ -161,7 +161,8 @@ class Ablation:
 
 @dataclass(frozen=True)
 class FinalizeOptions:
-    """[finalize]: the configurations retrained at full budget over seeds, on which splits, and the two
+    """[finalize]: the configurations retrained at full budget over seeds, on which splits, the other
+    members of the DeepLab family the best configuration is retrained as (`variants`), and the two
     optional sub-tables: [finalize.scratch] (the scratch arm's recipe) and [finalize.ablation]."""
 
     top_k: int = 4
@@ -172,6 +173,7 @@ class FinalizeOptions:
     val_split: str = "val"  # ... and reports on VOC val, which the search never scored
     schedule: str = "poly"  # the full-budget runs' lr schedule: the published recipes' poly, whatever the search's
     eval: tuple[str, ...] = ("ss",)  # segtrain.evaluation.PRESETS each final run is scored under ("ss": its own)
+    variants: tuple[str, ...] = ()  # TrainConfig.model values: the best configuration retrained as each, same seeds
     scratch: ScratchRecipe = ScratchRecipe()
     ablation: Ablation = Ablation()
 
@@ -193,6 +195,12 @@ class FinalizeOptions:
         if len(set(self.eval)) < len(self.eval):
             raise ConfigError("eval", f"must not repeat a protocol, got {list(self.eval)}")
         object.__setattr__(self, "eval", tuple(self.eval))
+        if not isinstance(self.variants, list | tuple) or not all(v in MODELS for v in self.variants):
+            raise ConfigError("variants", f"must be a list of models from {', '.join(MODELS)}, e.g. "
+                                          f'["deeplabv3plus"], got {self.variants!r}')
+        if len(set(self.variants)) < len(self.variants):
+            raise ConfigError("variants", f"must not repeat a model, got {list(self.variants)}")
+        object.__setattr__(self, "variants", tuple(self.variants))
         if self.val_split == self.train_split:
             raise ConfigError("val_split", f"must differ from train_split ({self.train_split!r}): a table "
                                            "scored on its training images says nothing")
@@ -318,7 +326,9 @@ class StudySpec:
             + ("; one factor at a time around the " + self.finalize.ablation.around + " at the "
                + self.finalize.ablation.budget + " budget: " + "; ".join(
                    f"{k} in [{', '.join(map(str, v))}]" for k, v in self.finalize.ablation.factors.items())
-               if self.finalize.ablation.factors else "") + ".",
+               if self.finalize.ablation.factors else "")
+            + ("; the best configuration also as " + ", ".join(MODELS[m] for m in self.finalize.variants)
+               if self.finalize.variants else "") + ".",
         ]
         return "\n".join(lines) + "\n"
 
