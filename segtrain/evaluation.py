@@ -33,7 +33,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from segtrain.config import OUTPUT_STRIDES, TrainConfig, read_config_file
 from segtrain.data import voc_dir_for
@@ -46,6 +45,8 @@ from segtrain.errors import ConfigError, UserError, unwrap_worker_errors
 from segtrain.fileio import write_json_atomic
 from segtrain.metrics import ConfusionMatrix, Scores
 from segtrain.model import build_model, state_dict_problems
+from segtrain.progress import LINE_EVERY_SECONDS
+from segtrain.progress import progress as show_progress  # `progress` names a flag here
 
 CHECKPOINT = "checkpoint.pt"  # what segtrain.engine writes in a run dir
 MULTI_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # TF DeepLab's model zoo's and mmsegmentation's img_ratios
@@ -195,8 +196,8 @@ def _same_size_batches_on(device: torch.device, dataset: VOCSegmentation, batch_
     batches = same_size_batches(dataset.image_sizes, batch_size, rank, world_size)
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator())  # its seed draw must not move the global RNG
-    with tqdm(total=sum(map(len, batches)), unit="img", desc="eval", leave=False, dynamic_ncols=True,
-              disable=None if progress else True) as bar:
+    with show_progress(total=sum(map(len, batches)), unit="images", desc="eval", leave=False,
+                       enabled=progress, every_seconds=LINE_EVERY_SECONDS) as bar:
         for indices, (images, masks) in zip(batches, unwrap_worker_errors(loader)):
             yield (indices, images.to(device, non_blocking=True, memory_format=torch.channels_last),
                    masks.to(device, non_blocking=True))
