@@ -218,16 +218,26 @@ def load_run_model(run_dir: str | Path, output_stride: int | None = None) -> tup
     config_path, checkpoint_path = run_dir / "config.json", run_dir / CHECKPOINT
     if not config_path.is_file():
         raise UserError(f"{config_path} not found: {run_dir} is not a run dir (segtrain.train --out DIR writes it)")
-    cfg = TrainConfig.from_dict(read_config_file(config_path))
     if not checkpoint_path.is_file():
         raise UserError(f"{checkpoint_path} not found: this run kept no checkpoint (a search keeps only its "
                         f"best trials' ones); train it again with segtrain.train --out {run_dir}")
+    return load_checkpoint_model(checkpoint_path, output_stride, config_path)
+
+
+def load_checkpoint_model(checkpoint_path: str | Path, output_stride: int | None = None,
+                          config_path: Path | None = None) -> tuple[nn.Module, TrainConfig, int]:
+    """As load_run_model, from a checkpoint file alone: the run's config is the one the checkpoint holds,
+    or `config_path`'s (a run dir's config.json), which must then describe the same model."""
+    checkpoint_path = Path(checkpoint_path)
+    if not checkpoint_path.is_file():
+        raise UserError(f"{checkpoint_path}: no such checkpoint file: pass a {CHECKPOINT} that segtrain.train wrote")
     try:
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         trained, weights, step = state["config"], state["model"], int(state["step"])
     except Exception as error:  # a corrupt or foreign file: say which and why, no traceback
         raise UserError(f"{checkpoint_path}: not a readable segtrain checkpoint ({error.__class__.__name__}); "
                         f"train the run again") from None
+    cfg = TrainConfig.from_dict(read_config_file(config_path) if config_path else trained)
     differ = [f"{key} {trained.get(key)!r} vs {getattr(cfg, key)!r}" for key in MODEL_FIELDS
               if trained.get(key) != getattr(cfg, key)]
     if differ:
@@ -236,7 +246,7 @@ def load_run_model(run_dir: str | Path, output_stride: int | None = None) -> tup
     model = build_model(cfg.backbone, output_stride or cfg.output_stride, NUM_CLASSES, None, cfg.aux_loss)
     problems = state_dict_problems(model.state_dict(), weights)
     if problems:
-        raise UserError(f"{checkpoint_path}: does not fit the {cfg.backbone} model {config_path} describes: "
+        raise UserError(f"{checkpoint_path}: does not fit the {cfg.backbone} model {config_path or 'it'} describes: "
                         + "; ".join(problems))
     model.load_state_dict(weights)
     return model, cfg, step
