@@ -74,6 +74,6 @@ class Lines:
         count = f"{self.n}/{self.total}" if self.total is not None else str(self.n)
         parts = [f"{self.desc}: {count} {self.unit}", f"{tqdm.format_interval(elapsed_seconds)} elapsed"]
         done = self.n - self.initial  # this session's pace: a resumed phase's earlier units took no time here
-        if self.total is not None and done > 0:
+        if self.total is not None and done > 0 and self.n < self.total:
             parts.append(f"~{tqdm.format_interval(elapsed_seconds / done * max(0, self.total - self.n))} left")
         return ", ".join(parts) + (f" ({self.postfix})" if self.postfix else "")

@@ -23,8 +23,8 @@ from segtrain.cli import run
 from segtrain.config import TrainConfig
 from segtrain.data.labels import CLASS_NAMES
 from segtrain.records import EvalResult, TrainingDiverged
-from segtrain.train import main as train_main
 from segtrain.tracking import default_tracking_uri
+from segtrain.train import main as train_main
 
 
 def scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
