@@ -23,6 +23,7 @@ from hpo.plan.probe import matching_probe
 from hpo.report.outputs import Outputs, write
 from hpo.report.results import RESULT, Configuration
 from hpo.search.loop import open_existing_study
+from hpo.search.tracking import StudyTracking
 from hpo.spec import FinalizeOptions, StudySpec
 from segtrain import crf
 from segtrain.data import require_splits
@@ -77,7 +78,8 @@ def finalize(spec: StudySpec, options: FinalizeOptions) -> Outputs:
     A run that cannot load its pretrained weights (offline, a bad file) gets that as
     its status ("weights unavailable: ...") and everything else still completes.
     """
+    tracking = StudyTracking.of(spec)  # a missing package: one line before any training
     study, configurations, final_dir = planned(spec, options)
     log.info("%s", plan_text(spec, configurations, options, final_dir))
-    runs = run_all(configurations, options.seeds, final_dir, options.eval)
+    runs = run_all(configurations, options.seeds, final_dir, options.eval, tracking)
     return write(spec, study, options, runs, final_dir)
