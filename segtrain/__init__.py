@@ -1,7 +1,8 @@
 """DeepLabV3 training on Pascal VOC 2012. Knows nothing of Optuna.
 
 Flat on purpose: each module is one job of a run (config, data/, model, budget, engine,
-records, evaluation, metrics, optim, sampling, distributed, device, memory, profile), and
-the two CLIs (train.py, evaluate.py) sit beside the library modules they call. Imports go
+records, evaluation, prediction, tracking, progress, metrics, optim, sampling, distributed,
+device, memory, profile), and the three CLIs (train.py, evaluate.py, predict.py) sit beside
+the library modules they call. Imports go
 down (engine -> model, data, metrics, config), never in circles.
 """

@@ -30,7 +30,6 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from segtrain.budget import Budget
@@ -54,8 +53,10 @@ from segtrain.fileio import write_atomic, write_json_atomic
 from segtrain.memory import peak_memory_bytes, reset_peak_memory
 from segtrain.model import build_model, count_parameters
 from segtrain.optim import build_optimizer, build_schedule, decay_branch_lrs
+from segtrain.progress import LINE_EVERY_SECONDS, progress
 from segtrain.records import RUNTIME_FIELDS, EvalResult, TrainingDiverged, TrainResult
 from segtrain.sampling import TrainStream
+from segtrain.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def changed_fields(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
 
 def train(cfg: TrainConfig, on_eval: Callable[[EvalResult], None] | None = None,
           run_dir: str | Path | None = None, resume: bool = False,
-          save_checkpoints: bool = True) -> TrainResult:
+          save_checkpoints: bool = True, tracker: Tracker | None = None) -> TrainResult:
     """Train and evaluate one configuration.
 
     `on_eval` is called with each EvalResult (on the main process); whatever it
@@ -86,6 +87,7 @@ def train(cfg: TrainConfig, on_eval: Callable[[EvalResult], None] | None = None,
     process k uses cuda:LOCAL_RANK, rank 0 alone writes and calls `on_eval`, and
     if that raises, the others stop with distributed.StoppedByMainProcess. All of
     them read `run_dir` to resume, so it must be on a file system they share.
+    A `tracker` (segtrain.tracking) gets the curves, from the main process; its caller closes it.
     """
     if resume and run_dir is None:
         raise ValueError("resume needs a run_dir holding the checkpoint")
@@ -95,8 +97,9 @@ def train(cfg: TrainConfig, on_eval: Callable[[EvalResult], None] | None = None,
         if group.is_distributed and device.type == "cuda":
             device = torch.device("cuda", group.local_rank)
         with logging_redirect_tqdm():
-            return _Run(cfg, device, group, Path(run_dir) if run_dir else None,
-                        save_checkpoints).execute(on_eval, resume)
+            run = _Run(cfg, device, group, Path(run_dir) if run_dir else None, save_checkpoints)
+            run.tracker = tracker if group.is_main else None
+            return run.execute(on_eval, resume)
     finally:
         leave_process_group(group)
 
@@ -134,6 +137,7 @@ class _Run:
         self.history: list[EvalResult] = []
         self.train_seconds = 0.0
         self.elapsed_before = 0.0  # wall seconds of earlier sessions of a resumed run
+        self.tracker: Tracker | None = None
         if group.is_distributed:
             self.model = DistributedDataParallel(
                 self.model, device_ids=[device.index] if self.cuda else None)
@@ -151,8 +155,8 @@ class _Run:
         pending: list[tuple[torch.Tensor, float]] = []  # (loss, lr) since the last host sync
         window: list[float] = []  # losses since the last evaluation
         self.model.train()
-        with tqdm(total=budget.total_steps, initial=self.step, unit="step", leave=False,
-                  disable=None if self.group.is_main else True, dynamic_ncols=True) as bar:
+        with progress(total=budget.total_steps, initial=self.step, unit="steps", desc="train", leave=False,
+                      enabled=self.group.is_main, every_seconds=LINE_EVERY_SECONDS) as bar:
             tick = time.perf_counter()
             while self.step < budget.total_steps:
                 images, masks = next(batches)
@@ -162,13 +166,16 @@ class _Run:
                 bar.update(1)
                 evaluating = self.step in budget.eval_steps
                 if len(pending) == SYNC_EVERY or evaluating:
-                    window += self.check_losses(pending, self.step)
-                    pending = []
+                    losses = self.check_losses(pending, self.step)
+                    window += losses
                     now = time.perf_counter()
                     self.train_seconds += now - tick
                     tick = now
                     bar.set_postfix(loss=f"{window[-1]:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
                                     img_s=f"{self.images_per_second():.1f}")
+                    if self.tracker is not None:  # the losses are on the host now: logging them costs no sync
+                        self.tracker.log_steps(self.step, losses, [lr for _, lr in pending], self.images_per_second())
+                    pending = []
                 if evaluating:
                     result = self.evaluation(sum(window) / len(window))
                     window = []
@@ -181,6 +188,8 @@ class _Run:
     def report(self, result: EvalResult, on_eval: Callable[[EvalResult], None] | None) -> None:
         if self.save_checkpoints:
             self.save()
+        if self.tracker is not None:
+            self.tracker.log_evaluation(result)
         if on_eval is not None:
             on_eval(result)
 

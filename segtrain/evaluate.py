@@ -10,6 +10,8 @@ goes to RUN/eval-<protocol>.json (see segtrain.evaluation). Several processes:
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -28,12 +30,7 @@ def build_parser() -> ArgumentParser:
                         help="run dir holding config.json and checkpoint.pt (segtrain.train --out)")
     parser.add_argument("--data-root", help="VOC root (default: the run's)")
     parser.add_argument("--split", choices=SPLITS, help="split to score (default: the run's val split)")
-    parser.add_argument("--output-stride", type=int, choices=OUTPUT_STRIDES,
-                        help="output stride at evaluation (default: the run's)")
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="S",
-                        help=f"input scales whose predictions are averaged (default: 1.0; TF DeepLab's "
-                             f"and mmsegmentation's multi-scale set is {' '.join(f'{s:g}' for s in MULTI_SCALES)})")
-    parser.add_argument("--flip", action="store_true", help="also average the left-right flipped inputs")
+    add_protocol_arguments(parser)
     parser.add_argument("--crf", action="store_true",
                         help="refine the averaged probabilities with a dense CRF (DeepLab v2's settings), in a pool "
                              "of CPU processes, about 1.5 CPU-seconds a VOC image (pip install -e '.[crf]')")
@@ -44,11 +41,25 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
+    """--output-stride, --scales, --flip: the evaluation protocol, shared with segtrain.predict."""
+    parser.add_argument("--output-stride", type=int, choices=OUTPUT_STRIDES,
+                        help="output stride at evaluation (default: the run's)")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="S",
+                        help=f"input scales whose predictions are averaged (default: 1.0; TF DeepLab's "
+                             f"and mmsegmentation's multi-scale set is {' '.join(f'{s:g}' for s in MULTI_SCALES)})")
+    parser.add_argument("--flip", action="store_true", help="also average the left-right flipped inputs")
+
+
+def protocol_from(args: argparse.Namespace) -> Protocol:
+    return Protocol(output_stride=args.output_stride, scales=tuple(args.scales), flip=args.flip)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if launched_rank() != 0:  # under torchrun, rank 0 speaks for all
         logging.getLogger().setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    protocol = Protocol(output_stride=args.output_stride, scales=tuple(args.scales), flip=args.flip, crf=args.crf)
+    protocol = dataclasses.replace(protocol_from(args), crf=args.crf)
     result = evaluate_run(args.run, protocol, data_root=args.data_root, split=args.split,
                           eval_batch_size=args.eval_batch_size, device=args.device, out=args.out)
     if launched_rank() == 0:

@@ -35,7 +35,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from segtrain import crf as dense_crf
 from segtrain.config import OUTPUT_STRIDES, TrainConfig, read_config_file
@@ -49,6 +48,8 @@ from segtrain.errors import ConfigError, UserError, unwrap_worker_errors
 from segtrain.fileio import write_json_atomic
 from segtrain.metrics import ConfusionMatrix, Scores
 from segtrain.model import build_model, state_dict_problems
+from segtrain.progress import LINE_EVERY_SECONDS
+from segtrain.progress import progress as show_progress  # `progress` names a flag here
 
 CHECKPOINT = "checkpoint.pt"  # what segtrain.engine writes in a run dir
 MULTI_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # TF DeepLab's model zoo's and mmsegmentation's img_ratios
@@ -234,8 +235,8 @@ def _same_size_batches_on(device: torch.device, dataset: VOCSegmentation, batch_
     batches = same_size_batches(dataset.image_sizes, batch_size, rank, world_size)
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator())  # its seed draw must not move the global RNG
-    with tqdm(total=sum(map(len, batches)), unit="img", desc="eval", leave=False, dynamic_ncols=True,
-              disable=None if progress else True) as bar:
+    with show_progress(total=sum(map(len, batches)), unit="images", desc="eval", leave=False,
+                       enabled=progress, every_seconds=LINE_EVERY_SECONDS) as bar:
         for indices, (images, masks) in zip(batches, unwrap_worker_errors(loader)):
             yield (indices, images.to(device, non_blocking=True, memory_format=torch.channels_last),
                    masks.to(device, non_blocking=True))
@@ -256,16 +257,26 @@ def load_run_model(run_dir: str | Path, output_stride: int | None = None) -> tup
     config_path, checkpoint_path = run_dir / "config.json", run_dir / CHECKPOINT
     if not config_path.is_file():
         raise UserError(f"{config_path} not found: {run_dir} is not a run dir (segtrain.train --out DIR writes it)")
-    cfg = TrainConfig.from_dict(read_config_file(config_path))
     if not checkpoint_path.is_file():
         raise UserError(f"{checkpoint_path} not found: this run kept no checkpoint (a search keeps only its "
                         f"best trials' ones); train it again with segtrain.train --out {run_dir}")
+    return load_checkpoint_model(checkpoint_path, output_stride, config_path)
+
+
+def load_checkpoint_model(checkpoint_path: str | Path, output_stride: int | None = None,
+                          config_path: Path | None = None) -> tuple[nn.Module, TrainConfig, int]:
+    """As load_run_model, from a checkpoint file alone: the run's config is the one the checkpoint holds,
+    or `config_path`'s (a run dir's config.json), which must then describe the same model."""
+    checkpoint_path = Path(checkpoint_path)
+    if not checkpoint_path.is_file():
+        raise UserError(f"{checkpoint_path}: no such checkpoint file: pass a {CHECKPOINT} that segtrain.train wrote")
     try:
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         trained, weights, step = state["config"], state["model"], int(state["step"])
     except Exception as error:  # a corrupt or foreign file: say which and why, no traceback
         raise UserError(f"{checkpoint_path}: not a readable segtrain checkpoint ({error.__class__.__name__}); "
                         f"train the run again") from None
+    cfg = TrainConfig.from_dict(read_config_file(config_path) if config_path else trained)
     trained = {**TrainConfig().to_dict(), **trained}  # a field added since the checkpoint: its default
     differ = [f"{key} {trained[key]!r} vs {getattr(cfg, key)!r}" for key in MODEL_FIELDS
               if trained[key] != getattr(cfg, key)]
@@ -276,7 +287,7 @@ def load_run_model(run_dir: str | Path, output_stride: int | None = None) -> tup
                         cfg.model)
     problems = state_dict_problems(model.state_dict(), weights)
     if problems:
-        raise UserError(f"{checkpoint_path}: does not fit the {cfg.backbone} model {config_path} describes: "
+        raise UserError(f"{checkpoint_path}: does not fit the {cfg.backbone} model {config_path or 'it'} describes: "
                         + "; ".join(problems))
     model.load_state_dict(weights)
     return model, cfg, step

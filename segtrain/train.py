@@ -21,6 +21,7 @@ from segtrain.distributed import launched_rank
 from segtrain.engine import train
 from segtrain.errors import UserError
 from segtrain.records import TrainResult
+from segtrain.tracking import INSTALL, TRACKERS, require_tracker, tracked
 
 HELP = {
     "data_root": "VOC root: the folder holding VOCdevkit/, VOCdevkit/ or VOC2012/ (default: $VOC_ROOT); "
@@ -45,6 +46,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--out", type=Path, help="run dir for config.json, result.json and the "
                                                  "checkpoint (default: runs/train/<time>)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    parser.add_argument("--tracking", choices=TRACKERS, default="none",
+                        help="also log the curves to TensorBoard (OUT/tb/<run>) or MLflow ($MLFLOW_TRACKING_URI, "
+                             f"else OUT/mlflow.db); needs {INSTALL} (default: none)")
     defaults = TrainConfig()
     fields = parser.add_argument_group("training config (defaults: the standard DeepLabV3 recipe)")
     for name in field_names():
@@ -65,12 +69,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not main_process:  # under torchrun, rank 0 speaks for all; the others report only trouble
         logging.getLogger().setLevel(logging.WARNING)
     args = vars(build_parser().parse_args(argv))
-    config_file, out, resume = args.pop("config"), args.pop("out"), args.pop("resume")
+    config_file, out, resume, tracking = args.pop("config"), args.pop("out"), args.pop("resume"), args.pop("tracking")
     if resume and out is None:
         raise UserError("--resume needs --out DIR, the run dir holding the checkpoint")
+    require_tracker(tracking, "--tracking")
     cfg = TrainConfig.from_dict({**(read_config_file(config_file) if config_file else {}), **args})
     out = out or Path("runs/train") / time.strftime("%Y%m%d-%H%M%S")
-    result = train(cfg, run_dir=out, resume=resume)
+    with tracked(tracking, out, out.name, cfg.to_dict(), enabled=main_process) as tracker:
+        result = train(cfg, run_dir=out, resume=resume, tracker=tracker)
     if main_process:
         print(summary(result, out))
     return 0

@@ -22,6 +22,7 @@ from urllib.error import URLError
 
 import optuna
 import PIL.Image
+import plotly.io
 import pytest
 import scipy.stats
 import torch
@@ -29,6 +30,7 @@ import torchvision.models._api
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
 from optuna.trial import TrialState
 from optuna_dashboard import get_note
+from optuna_dashboard._custom_plot_data import get_plotly_graph_objects  # what the dashboard reads
 from search_helpers import write_probe, write_spec
 from torchvision.models import resnet101
 
@@ -41,6 +43,7 @@ from hpo.finalize.cli import cli, main
 from hpo.plan.cost import CostModel
 from hpo.plan.estimate import Estimator
 from hpo.plan.probe import matching_probe
+from hpo.report.artifacts import DASHBOARD_DRAWS
 from hpo.spec import load_spec
 from segtrain.cli import run
 from segtrain.config import TrainConfig
@@ -440,6 +443,20 @@ def test_report_and_figures_are_attached_to_the_study(finalized):
         assert reader.read().decode() == finalized["files"]["report.md"]
     note = get_note(study)
     assert "Study `fin`" in note and "## Final results" in note and "r101-scratch" in note
+
+
+def test_the_reports_figures_are_the_studys_graphs_in_the_dashboard(finalized):
+    storage = optuna.storages.RDBStorage("sqlite:///runs/fin/study.db")
+    system_attrs = storage.get_study_system_attrs(storage.get_study_id_from_name("fin"))
+    saved = {key: plotly.io.from_json(value) for key, value in get_plotly_graph_objects(system_attrs).items()}
+    assert {"factor-effects", "cost-final", "cost-search", "learning-curves", "per-class-iou"} <= set(saved)
+    assert not set(saved) & set(DASHBOARD_DRAWS)  # the dashboard draws those itself, live
+    assert saved["learning-curves"].layout.title.text == "Learning curves of the final runs"
+    curves = {trace.name: list(trace.y) for trace in saved["learning-curves"].data}
+    data = json.loads(finalized["files"]["results.json"])
+    for run_record in data["runs"]:
+        assert curves[f"{run_record['configuration']} seed {run_record['seed']}"] == [h["miou"] for h in
+                                                                                      run_record["history"]]
 
 
 def test_dry_run_prints_the_runs_to_train_with_their_predicted_hours_and_trains_nothing(finalized, spec, weights,

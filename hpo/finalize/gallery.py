@@ -18,14 +18,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import torch
 
 from hpo.report.gallery import Gallery, Panel
 from hpo.report.results import FinalRun, Summary, find
 from segtrain.data import voc_dir_for
-from segtrain.data.labels import IGNORE_INDEX, NUM_CLASSES, VOC_PALETTE
-from segtrain.data.voc import VOCSegmentation, mask_path, read_mask
+from segtrain.data.labels import IGNORE_INDEX, NUM_CLASSES
+from segtrain.data.voc import VOCSegmentation, mask_path, mask_png, read_mask
 from segtrain.device import amp_dtype_for, resolve_device
 from segtrain.evaluation import PRESETS, load_run_model, predictions
 from segtrain.fileio import write_atomic, write_json_atomic
@@ -120,9 +119,7 @@ def image_miou_of(predicted: np.ndarray, target: np.ndarray) -> float:
 
 def write_mask(path: Path, mask: np.ndarray) -> Path:
     """A class-id mask as VOC's SegmentationClass PNGs are: paletted, index = class id, 255 = void."""
-    image = PIL.Image.fromarray(mask.astype(np.uint8), mode="P")
-    image.putpalette(VOC_PALETTE)
-    return write_atomic(path, lambda file: image.save(file, format="PNG"))
+    return write_atomic(path, lambda file: mask_png(mask.astype(np.uint8)).save(file, format="PNG"))
 
 
 def _masks(run: FinalRun, protocol_name: str, dataset: VOCSegmentation,

@@ -10,6 +10,7 @@ its status (weights unavailable, diverged, out of memory) instead of stopping th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
@@ -17,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from hpo.report.results import OWN_PROTOCOL, RESULT, Configuration, FinalRun, read_result
+from hpo.search.tracking import StudyTracking
 from segtrain.engine import CHECKPOINT, train
 from segtrain.errors import WeightsError
 from segtrain.evaluation import PRESETS, evaluate_run
+from segtrain.progress import progress
 from segtrain.records import TrainingDiverged, TrainResult
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,9 @@ def run_dir_for(final_dir: Path, configuration: Configuration, seed: int) -> Pat
     return folder / f"seed-{seed}"
 
 
-def run_one(configuration: Configuration, seed: int, run_dir: Path) -> FinalRun:
-    """Reuse a finished run, resume an interrupted one, or train it; record why it failed if it did."""
+def run_one(configuration: Configuration, seed: int, run_dir: Path, tracking: StudyTracking | None = None) -> FinalRun:
+    """Reuse a finished run, resume an interrupted one, or train it (its curves to `tracking`); record why it
+    failed if it did."""
     def outcome(result: TrainResult | None, status: str, how: str) -> FinalRun:
         return FinalRun(configuration, seed, run_dir, result, status, how)
 
@@ -43,8 +46,10 @@ def run_one(configuration: Configuration, seed: int, run_dir: Path) -> FinalRun:
         return outcome(read_result(run_dir / RESULT), "ok", "reused")
     resume = (run_dir / CHECKPOINT).exists()
     how = "resumed" if resume else "trained"
+    params = {**configuration.params, "configuration": configuration.name, "seed": seed, "trial": configuration.trial}
     try:
-        result = train(configuration.for_seed(seed), run_dir=run_dir, resume=resume)
+        with tracking.run(run_dir, params) if tracking else contextlib.nullcontext() as tracker:
+            result = train(configuration.for_seed(seed), run_dir=run_dir, resume=resume, tracker=tracker)
     except WeightsError as error:
         return outcome(None, f"weights unavailable: {error}", "not run")
     except TrainingDiverged as error:
@@ -79,17 +84,18 @@ def evaluations(run: FinalRun, protocols: Sequence[str]) -> dict[str, Mapping[st
 
 
 def run_all(configurations: Sequence[Configuration], seeds: Sequence[int], final_dir: Path,
-            protocols: Sequence[str] = (OWN_PROTOCOL,)) -> list[FinalRun]:
-    """Every (configuration, seed) run, scored under `protocols`, with a progress bar over runs."""
+            protocols: Sequence[str] = (OWN_PROTOCOL,), tracking: StudyTracking | None = None) -> list[FinalRun]:
+    """Every (configuration, seed) run, scored under `protocols`, with a progress bar over runs; the curves of
+    those it trains go to `tracking`."""
     runs: list[FinalRun] = []
     unavailable: dict[str, str] = {}  # configuration -> why its weights could not be loaded
     todo = [(c, seed) for c in configurations for seed in seeds]
-    for configuration, seed in tqdm(todo, unit="run", desc="finalize", disable=None, dynamic_ncols=True):
+    for configuration, seed in progress(todo, unit="runs", desc="finalize"):
         run_dir = run_dir_for(final_dir, configuration, seed)
         if configuration.name in unavailable and not (run_dir / RESULT).exists():
             final = FinalRun(configuration, seed, run_dir, None, unavailable[configuration.name], "not run")
         else:
-            final = run_one(configuration, seed, run_dir)
+            final = run_one(configuration, seed, run_dir, tracking)
         if final.status.startswith("weights unavailable"):
             unavailable[configuration.name] = final.status
         final = dataclasses.replace(final, evaluations=evaluations(final, protocols))

@@ -24,6 +24,7 @@ from hpo.finalize.gallery import gallery
 from hpo.report.outputs import PREDICTIONS, Outputs, write
 from hpo.report.results import RESULT, Configuration, summarize
 from hpo.search.loop import open_existing_study
+from hpo.search.tracking import StudyTracking
 from hpo.spec import FinalizeOptions, StudySpec
 from segtrain import crf
 from segtrain.data import require_splits
@@ -78,8 +79,9 @@ def finalize(spec: StudySpec, options: FinalizeOptions) -> Outputs:
     A run that cannot load its pretrained weights (offline, a bad file) gets that as
     its status ("weights unavailable: ...") and everything else still completes.
     """
+    tracking = StudyTracking.of(spec)  # a missing package: one line before any training
     study, configurations, final_dir = planned(spec, options)
     log.info("%s", plan_text(spec, configurations, options, final_dir))
-    runs = run_all(configurations, options.seeds, final_dir, options.eval)
+    runs = run_all(configurations, options.seeds, final_dir, options.eval, tracking)
     shown = gallery(summarize(runs), options.eval[0], final_dir / PREDICTIONS / "masks")
     return write(spec, study, options, runs, final_dir, shown)

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from hpo.markdown import markdown_table
 from hpo.spec import Multiple, StudySpec
@@ -42,6 +41,7 @@ from segtrain.device import amp_dtype_for, resolve_device
 from segtrain.errors import UserError
 from segtrain.evaluation import PRESETS
 from segtrain.fileio import write_json_atomic
+from segtrain.progress import progress
 
 SCHEMA = 1
 PROBE_FILE = "probe.json"
@@ -194,7 +194,7 @@ def measure(spec: StudySpec, steps: int = DEFAULT_STEPS, memory_limit_bytes: int
     cache = spec.study.output_dir / "probe-data"  # the two-image set profile's runs are built on
     measured = []
     todo = corner_configs(spec)
-    for corner in tqdm(todo, unit="corner", desc="probe", disable=None, dynamic_ncols=True):
+    for corner in progress(todo, unit="corners", desc="probe"):
         cfg = base.replace(**{field: getattr(corner, field) for field in COST_FIELDS})
         expected = _expected_cpu_peak(corner, measured) if device.type == "cpu" else None
         if expected is not None and expected > available:  # on a CPU, running out of memory kills the process

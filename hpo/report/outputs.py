@@ -1,8 +1,8 @@
 """write(): every file finalize leaves in <output dir>/final/, written atomically, then attached to the study.
 
 report.md, results.csv, results.json, per_class_iou.csv, figures.html (and PNGs where
-kaleido can render them); the same files become artifacts of the study and the report's
-tables its note, for optuna-dashboard.
+kaleido can render them); the same files become artifacts of the study, the report's
+figures its graphs and its tables its note, for optuna-dashboard.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import optuna
 
 from hpo.report import tables
 from hpo.report.analysis import Analysis, analyse
-from hpo.report.artifacts import attach
+from hpo.report.artifacts import attach, save_figures
 from hpo.report.document import FACTOR_CAVEAT, FILES, key_sentences, note_markdown, report_markdown, search_schedule
 from hpo.report import gallery
 from hpo.report.compare import ABLATION
@@ -39,12 +39,13 @@ class Outputs:
     png_line: str
     dashboard: str
     uploaded: list[str] = field(default_factory=list)
+    graphs: list[str] = field(default_factory=list)  # the figures saved in the study for the dashboard
 
     def summary(self) -> str:
         return "\n".join([self.table, "", *self.sentences, "",
                           f"wrote {', '.join(p.name for p in self.files)} in {self.final_dir}",
                           self.png_line,
-                          f"attached to the study ({len(self.uploaded)} new artifacts); "
+                          f"attached to the study ({len(self.uploaded)} new artifacts, {len(self.graphs)} figures); "
                           f"dashboard: {self.dashboard}"])
 
 
@@ -95,5 +96,6 @@ def write(spec: StudySpec, study: optuna.Study, options: FinalizeOptions, runs: 
     paths = [final_dir / name for name in FILES]
     artifact_dir = spec.study.output_dir / "artifacts"
     uploaded = attach(study, [*paths, *pictures], artifact_dir, note_markdown(spec, analysis))
+    graphs = save_figures(study, drawn)
     return Outputs(final_dir, paths, tables.final_table(analysis.summaries), key_sentences(analysis),
-                   png_line, dashboard_command(spec.study.storage, artifact_dir), uploaded)
+                   png_line, dashboard_command(spec.study.storage, artifact_dir), uploaded, graphs)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import optuna
 from optuna_dashboard import save_note
-from tqdm import tqdm
 
 from hpo.plan.budget import trial_pricer
 from hpo.search.objective import BudgetExhausted, Objective, TrialOutOfMemory, keep_best_checkpoints
 from hpo.search.storage import WORKER_ATTR, StudyLock, fail_dead_trials, open_storage, retry_callback, worker_id
+from hpo.search.tracking import StudyTracking
 from hpo.search.workers import WORKER_ENV
 from hpo.space import enqueue_seeded
 from hpo.spec import StudySpec
@@ -28,6 +28,7 @@ from hpo.storage_urls import dashboard_command, local_path, safe_url
 from hpo.trials import Counts, describe, spent_seconds, summary_lines
 from segtrain.data import require_splits
 from segtrain.errors import DiskFull, UserError
+from segtrain.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ def prepare(spec: StudySpec) -> optuna.Study:
     require_data(spec)
     with StudyLock(spec.study.storage, spec.study.name):
         study = open_study(spec, int(os.environ.get(WORKER_ENV, "0")))
+        study.set_metric_names([spec.metric_name])  # the dashboard's name for the value; again if the split changed
         if not study.trials:  # a new study; later, finalize adds its results to the note
             save_note(study, spec.to_markdown())
         enqueue_seeded(study, spec.space, spec.seeded_trials())
@@ -112,16 +114,20 @@ def run_search(spec: StudySpec, trials: int, timeout: float | None = None,
     """Run trials until the study holds `trials` finished ones (or `timeout` seconds passed, or the
     budget, all workers together, cannot pay for the next trial)."""
     pricer, budget = trial_pricer(spec, budget_hours)  # before the study is touched: bad input leaves it be
+    tracking = StudyTracking.of(spec)  # likewise: a missing package is one line before any change
     study = prepare(spec)
     output_dir = spec.study.output_dir
     lock = StudyLock(spec.study.storage, spec.study.name)
     objective = Objective(spec, output_dir / "trials", pricer, budget.hours * 3600 if budget else None,
-                          admitted=lock.release)  # others may count this trial and its price now
+                          admitted=lock.release,  # others may count this trial and its price now
+                          tracking=tracking)
     worker = worker_id()
 
     def start_trial(trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, worker)  # before others see the trial: a retry's is its dead worker's
         return objective(trial)
+
+    tracked_trial, summaries = tracking.trials(start_trial)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         log.info("%s", describe(trial))
@@ -132,8 +138,8 @@ def run_search(spec: StudySpec, trials: int, timeout: float | None = None,
     optuna_log.addFilter(quiet)
     started = time.monotonic()
     try:
-        with tqdm(total=trials, initial=min(trials, Counts.of(study).finished), unit="trial",
-                  desc=f"study {spec.study.name}", disable=None, dynamic_ncols=True) as bar:
+        with progress(total=trials, initial=min(trials, Counts.of(study).finished), unit="trials",
+                      desc=f"study {spec.study.name}") as bar:
             while timeout is None or time.monotonic() - started < timeout:
                 lock.acquire()
                 try:
@@ -148,7 +154,8 @@ def run_search(spec: StudySpec, trials: int, timeout: float | None = None,
                     if budget is not None and (reason := budget.stop_reason(study, spec)):
                         log.warning("%s", reason)
                         break
-                    study.optimize(start_trial, n_trials=1, catch=(TrialOutOfMemory,), callbacks=[after_trial])
+                    study.optimize(tracked_trial, n_trials=1, catch=(TrialOutOfMemory,),
+                                   callbacks=[after_trial, *summaries])
                 except BudgetExhausted as error:
                     requeue_unstarted(study, objective.refused)
                     log.warning("%s; it is queued: rerun with a larger --budget-hours to go on (%.2f h spent)",

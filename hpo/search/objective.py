@@ -41,6 +41,7 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from hpo.plan.cost import TrialPricer
+from hpo.search.tracking import StudyTracking
 from hpo.space import suggest, train_overrides
 from hpo.spec import StudySpec
 from hpo.trials import (
@@ -81,7 +82,8 @@ class Objective:
     holds the study's lock until then, so workers count each other's admitted trials."""
 
     def __init__(self, spec: StudySpec, trials_dir: Path, pricer: TrialPricer | None = None,
-                 budget_seconds: float | None = None, admitted: Callable[[], None] = lambda: None):
+                 budget_seconds: float | None = None, admitted: Callable[[], None] = lambda: None,
+                 tracking: StudyTracking | None = None):
         self.spec = spec
         self.trials_dir = trials_dir
         self.pricer = pricer
@@ -91,6 +93,7 @@ class Objective:
         self.refused: int | None = None  # the trial the budget refused, to be re-queued
         self.reported: set[int] = set()  # trials whose failure the search reports itself (hpo.search quiets Optuna's)
         self.device = device_name(resolve_device(spec.train_config().device))
+        self.tracking = tracking or StudyTracking.of(spec)  # where each trial's curves go
 
     def __call__(self, trial: optuna.Trial) -> float:
         cfg = self.spec.train_config(train_overrides(self.spec.space, suggest(trial, self.spec.space)))
@@ -154,7 +157,8 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at evaluation {result.point} (mIoU {result.miou:.4f})")
 
         try:
-            result = train(cfg, on_eval=report, run_dir=run_dir, resume=resume)
+            with self.tracking.run(run_dir, {**trial.params, "trial": trial.number}) as tracker:
+                result = train(cfg, on_eval=report, run_dir=run_dir, resume=resume, tracker=tracker)
         except TrainingDiverged as error:
             remove_checkpoint(run_dir)
             trial.set_user_attr("failure", f"diverged: {error}")

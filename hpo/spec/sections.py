@@ -20,6 +20,7 @@ from hpo.space import Param
 from segtrain.config import MODELS, SCHEDULES, SPLITS, TrainConfig
 from segtrain.errors import ConfigError
 from segtrain.evaluation import PRESETS
+from segtrain.tracking import TRACKERS
 
 RUNS_DIR = Path("runs")
 
@@ -56,6 +57,7 @@ class StudyOptions:
     heartbeat_interval: int = 60  # seconds, RDB storages: a trial silent for grace_period is stale
     grace_period: int = 120  # and is failed and re-queued by the next worker
     keep_checkpoints: int = 3  # the best this-many trials keep their checkpoints
+    tracking: str = "none"  # "tensorboard" or "mlflow": every trial's and final run's curves (hpo.search.tracking)
 
     def __post_init__(self) -> None:
         check("name", self.name, str, lambda v: re.fullmatch(r"[\w.-]+", v) is not None,
@@ -77,6 +79,7 @@ class StudyOptions:
         check("grace_period", self.grace_period, int, lambda v: v > self.heartbeat_interval,
                f"must be > heartbeat_interval ({self.heartbeat_interval}), or live trials look stale")
         check("keep_checkpoints", self.keep_checkpoints, int, lambda v: v >= 0, "must be >= 0")
+        check("tracking", self.tracking, str, lambda v: v in TRACKERS, f"must be one of {', '.join(TRACKERS)}")
 
 
 def default_storage(output_dir: Path) -> str:
@@ -249,6 +252,11 @@ class StudySpec:
     def train_config(self, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
         """Fixed fields + `overrides` (a trial's params; finalize's seed, epochs); ConfigError if invalid."""
         return TrainConfig.from_dict({**self.train, **(overrides or {})})
+
+    @property
+    def metric_name(self) -> str:
+        """What a trial's value is: the mIoU on the split the search scores on, e.g. "holdout mIoU"."""
+        return f"{self.train_config().val_split} mIoU"
 
     def with_train(self, **values: Any) -> StudySpec:
         """A copy with more fixed fields (e.g. a CLI's --data-root); a searched field stays searched."""

@@ -28,18 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import scipy.io
 import torchvision.datasets.utils as tv_utils
 from torchvision.datasets.sbd import SBDataset
 from torchvision.datasets.voc import DATASET_YEAR_DICT
 from tqdm import tqdm
 
-from segtrain.data.labels import IGNORE_INDEX, NUM_CLASSES, VOC_PALETTE
+from segtrain.data.labels import IGNORE_INDEX, NUM_CLASSES
 from segtrain.data.voc import (
     image_path,
     mask_dir,
     mask_path,
+    mask_png,
     read_split_ids,
     split_file,
     split_holdout,
@@ -210,8 +210,7 @@ def _place_mask(voc_dir: Path, sbd_dir: Path, image_id: str, from_voc: bool) -> 
         return "copied"
     if target.is_file():
         return "skipped"
-    png = PIL.Image.fromarray(read_sbd_mask(sbd_dir / "cls" / f"{image_id}.mat"))
-    png.putpalette(VOC_PALETTE)  # L -> P, pixel values (the class ids) unchanged
+    png = mask_png(read_sbd_mask(sbd_dir / "cls" / f"{image_id}.mat"))
     write_atomic(target, lambda file: png.save(file, format="PNG"))
     return "converted"
 

@@ -24,8 +24,8 @@ import PIL.Image
 import PIL.ImageDraw
 import scipy.ndimage
 
-from segtrain.data.labels import IGNORE_INDEX, VOC_PALETTE
-from segtrain.data.voc import split_holdout, write_split_ids
+from segtrain.data.labels import IGNORE_INDEX
+from segtrain.data.voc import mask_png, split_holdout, write_split_ids
 from segtrain.errors import ConfigError, DataError
 
 RECIPE_VERSION = 4  # part of the cache dir name: bump when the scenes change so stale caches are not reused
@@ -88,8 +88,7 @@ def _write_tree(voc_dir: Path, counts: dict[str, int], size: int, class_ids: lis
             rng = np.random.default_rng([seed, _SPLIT_SEEDS[split], index])
             image, mask = render_scene(rng, scene_shape(rng, size), class_ids)
             PIL.Image.fromarray(image).save(voc_dir / "JPEGImages" / f"{image_id}.jpg", quality=90)
-            png = PIL.Image.fromarray(mask)
-            png.putpalette(VOC_PALETTE)
+            png = mask_png(mask)
             png.save(voc_dir / "SegmentationClass" / f"{image_id}.png")
             if split == "train":
                 png.save(voc_dir / "SegmentationClassAug" / f"{image_id}.png")

@@ -34,7 +34,7 @@ from segtrain.fileio import write_text_atomic
 
 __all__ = [
     "CLASS_NAMES", "IGNORE_INDEX", "NUM_CLASSES", "SPLITS", "VOC_PALETTE", "VOCSegmentation",
-    "find_voc_dir", "image_path", "mask_dir", "mask_path", "read_image", "read_image_size", "read_mask",
+    "find_voc_dir", "image_path", "mask_dir", "mask_path", "mask_png", "read_image", "read_image_size", "read_mask",
     "read_pair", "read_split_ids", "require_same_size", "split_file", "split_holdout", "write_split_ids",
 ]
 
@@ -176,6 +176,13 @@ def read_mask(path: Path) -> tv_tensors.Mask:
         raise DataError(f"mask {path} has values {_list_values(bad)} outside 0-{NUM_CLASSES - 1} and "
                         f"{IGNORE_INDEX}: masks must hold VOC class ids (palette indices), not colours")
     return tv_tensors.Mask(torch.from_numpy(ids))
+
+
+def mask_png(ids: np.ndarray) -> PIL.Image.Image:
+    """Class ids (uint8, HxW) as VOC's SegmentationClass PNGs hold them: mode P, VOC's colour map."""
+    png = PIL.Image.fromarray(ids)
+    png.putpalette(VOC_PALETTE)  # L -> P, pixel values (the class ids) unchanged
+    return png
 
 
 def _list_values(values: np.ndarray, limit: int = 8) -> str:
