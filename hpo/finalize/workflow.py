@@ -24,7 +24,7 @@ from hpo.report.outputs import Outputs, write
 from hpo.report.results import RESULT, Configuration
 from hpo.search.loop import open_existing_study
 from hpo.spec import FinalizeOptions, StudySpec
-from segtrain.data import require_splits
+from segtrain.data import require_disjoint_splits, require_splits
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ def planned(spec: StudySpec, options: FinalizeOptions) -> tuple[optuna.Study, li
     study = open_existing_study(spec)
     configurations = plan(spec, study, options)
     require_splits(configurations[0].config)  # finalize's own splits, before any training
+    require_disjoint_splits(configurations[0].config, f"{spec.path}: [finalize]")
     return study, configurations, spec.study.output_dir / "final"
 
 
