@@ -87,7 +87,7 @@ def test_a_budget_cut_proposes_a_spec_that_parses_and_fits(demo, workdir, capsys
     assert replanned.total_hours <= budget
     # the order: finalize epochs first, down to half the spec's (and twice a trial's); seeds and top_k are at
     # their floors already (3 and 4); then trials, as few as needed: one more would not fit
-    assert (cut.finalize.epochs, cut.finalize.seeds, cut.finalize.top_k) == (2.0, (0, 1, 2), 4)
+    assert (cut.finalize.epochs, cut.finalize.seeds, cut.finalize.top_k) == (2.0, (1, 2, 3), 4)
     assert 20 <= cut.study.trials < 40
     assert Estimator(cut, estimator.model).plan(trials=cut.study.trials + 1).total_hours > budget
     assert cut.study.budget_hours == pytest.approx(budget - replanned.finalize_hours, abs=0.011)
