@@ -72,7 +72,8 @@ class Comparison:
                 "bootstrap_reason": self.bootstrap_reason}
 
     def evidence(self) -> str:
-        """E.g. '+0.0312 mIoU ss (95% CI [+0.0101, +0.0523]; paired t p = 0.012, Holm 0.036; sign-flip p = 0.25)'."""
+        """E.g. '+0.0312 mIoU ss (95% CI over seeds [+0.0101, +0.0523]; paired t p = 0.012, Holm 0.036;
+        sign-flip p = 0.25)'."""
         p = self.paired
         if p.difference is None:
             return f"no seed finished in both ({self.reason})"
