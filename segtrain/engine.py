@@ -48,9 +48,16 @@ from segtrain.distributed import (
     on_main_process,
 )
 from segtrain.errors import UserError, unwrap_worker_errors
-from segtrain.evaluation import CHECKPOINT, OWN_PROTOCOL, PRESETS, evaluate_model
+from segtrain.evaluation import (
+    CHECKPOINT,
+    OWN_PROTOCOL,
+    PER_IMAGE_COUNTS,
+    PRESETS,
+    evaluate_model,
+)
 from segtrain.fileio import write_atomic, write_json_atomic
 from segtrain.memory import peak_memory_bytes, reset_peak_memory
+from segtrain.metrics import PerImageCounts
 from segtrain.model import build_model, count_parameters
 from segtrain.optim import build_optimizer, build_schedule, decay_branch_lrs
 from segtrain.progress import LINE_EVERY_SECONDS, progress
@@ -269,10 +276,16 @@ class _Run:
         return result
 
     def evaluate_point(self, loss: float) -> EvalResult:
+        """The scores now; the run's final evaluation also keeps its per-image counts beside result.json."""
+        final = self.step == self.budget.total_steps
+        per_image = PerImageCounts(len(self.val_set), NUM_CLASSES, self.device, IGNORE_INDEX) if final else None
         # the bare model: DDP's forward would broadcast buffers, a collective that ranks
         # with fewer val batches than rank 0 would never join
         scores = evaluate_model(self.bare_model(), self.val_set, self.device, batch_size=self.cfg.eval_batch_size,
-                                workers=self.cfg.workers, amp_dtype=self.amp_dtype, progress=self.group.is_main)
+                                workers=self.cfg.workers, amp_dtype=self.amp_dtype, progress=self.group.is_main,
+                                per_image=per_image)
+        if per_image is not None and self.writes:
+            per_image.save(self.run_dir / PER_IMAGE_COUNTS, self.val_set.ids)
         images_seen = self.step * self.cfg.batch_size
         result = EvalResult(
             point=self.budget.eval_steps.index(self.step) + 1, step=self.step,

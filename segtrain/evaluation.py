@@ -46,12 +46,13 @@ from segtrain.device import amp_dtype_for, autocast, resolve_device
 from segtrain.distributed import join_process_group, leave_process_group
 from segtrain.errors import ConfigError, UserError, unwrap_worker_errors
 from segtrain.fileio import write_json_atomic
-from segtrain.metrics import ConfusionMatrix, Scores
+from segtrain.metrics import ConfusionMatrix, PerImageCounts, Scores
 from segtrain.model import build_model, state_dict_problems
 from segtrain.progress import LINE_EVERY_SECONDS
 from segtrain.progress import progress as show_progress  # `progress` names a flag here
 
 CHECKPOINT = "checkpoint.pt"  # what segtrain.engine writes in a run dir
+PER_IMAGE_COUNTS = "per_image_counts.npz"  # and its final evaluation per image (segtrain.metrics.PerImageCounts)
 MULTI_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # TF DeepLab's model zoo's and mmsegmentation's img_ratios
 MODEL_FIELDS = ("model", "backbone", "output_stride", "aux_loss")  # config fields a checkpoint's weights depend on
 
@@ -178,43 +179,54 @@ def predictions(model: nn.Module, dataset: VOCSegmentation, device: torch.device
 
 def evaluate_model(model: nn.Module, dataset: VOCSegmentation, device: torch.device, *,
                    scales: Sequence[float] = (1.0,), flip: bool = False, batch_size: int = 8, workers: int = 0,
-                   amp_dtype: torch.dtype | None = None, progress: bool = False, crf: bool = False) -> Scores:
+                   amp_dtype: torch.dtype | None = None, progress: bool = False, crf: bool = False,
+                   per_image: PerImageCounts | None = None) -> Scores:
     """mIoU etc. of `model` (built at the protocol's output stride) over `dataset`, each image at
-    its own size; under torch.distributed every process calls it and gets the same Scores."""
+    its own size; under torch.distributed every process calls it and gets the same Scores.
+    `per_image` (rows: the dataset's indices) gets each image's counts as well."""
     batches = _same_size_batches_on(device, dataset, batch_size, workers, progress)
-    return score_batches(model, ((images, masks) for _, images, masks in batches), device,
-                         scales=scales, flip=flip, amp_dtype=amp_dtype, crf=crf)
+    return score_batches(model, batches, device, scales=scales, flip=flip, amp_dtype=amp_dtype, crf=crf,
+                         per_image=per_image)
 
 
-def score_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, *,
-                  scales: Sequence[float] = (1.0,), flip: bool = False,
-                  amp_dtype: torch.dtype | None = None, crf: bool = False) -> Scores:
-    """mIoU etc. of `model` over (images, masks) batches, each of images of one size (summed over
-    processes under torch.distributed); with `crf`, each image's averaged softmax is refined by the
-    dense CRF in a pool of CPU processes (segtrain.crf.Refiner) before it is scored."""
+def score_batches(model: nn.Module, batches: Iterable[tuple[Sequence[int], torch.Tensor, torch.Tensor]],
+                  device: torch.device, *, scales: Sequence[float] = (1.0,), flip: bool = False,
+                  amp_dtype: torch.dtype | None = None, crf: bool = False,
+                  per_image: PerImageCounts | None = None) -> Scores:
+    """mIoU etc. of `model` over (dataset indices, images, masks) batches, each of images of one size
+    (summed over processes under torch.distributed, as `per_image` is); with `crf`, each image's averaged
+    softmax is refined by the dense CRF in a pool of CPU processes (segtrain.crf.Refiner) before it is scored."""
     model.eval()
     matrix = ConfusionMatrix(NUM_CLASSES, device=device, ignore_index=IGNORE_INDEX)
-    scored = ((images, predict(model, images.to(device, non_blocking=True, memory_format=torch.channels_last),
-                               scales, flip, amp_dtype, probabilities=crf), masks.to(device, non_blocking=True))
-              for images, masks in batches)
+
+    def count(indices: Sequence[int], labels: torch.Tensor, masks: torch.Tensor) -> None:
+        matrix.update(labels, masks)
+        if per_image is not None:
+            per_image.update(indices, labels, masks)
+
+    scored = ((indices, images, predict(model, images.to(device, non_blocking=True, memory_format=torch.channels_last),
+                                        scales, flip, amp_dtype, probabilities=crf), masks.to(device, non_blocking=True))
+              for indices, images, masks in batches)
     if crf:
         with dense_crf.Refiner() as refiner:
-            for mask, labels in refiner.labels(_crf_inputs(scored)):
-                matrix.update(torch.from_numpy(labels).to(mask.device)[None], mask[None])
+            for (index, mask), labels in refiner.labels(_crf_inputs(scored)):
+                count([index], torch.from_numpy(labels).to(mask.device)[None], mask[None])
     else:
-        for _, scores, masks in scored:
-            matrix.update(scores.argmax(dim=1), masks)
+        for indices, _, scores, masks in scored:
+            count(indices, scores.argmax(dim=1), masks)
     matrix.all_reduce()
+    if per_image is not None:
+        per_image.all_reduce()
     return matrix.compute()
 
 
-def _crf_inputs(scored: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-                ) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
-    """(mask, H x W x 3 uint8 RGB, classes x H x W float32 probabilities) per image, on the CPU."""
-    for images, probabilities, masks in scored:
+def _crf_inputs(scored: Iterable[tuple[Sequence[int], torch.Tensor, torch.Tensor, torch.Tensor]]
+                ) -> Iterator[tuple[tuple[int, torch.Tensor], np.ndarray, np.ndarray]]:
+    """((index, mask), H x W x 3 uint8 RGB, classes x H x W float32 probabilities) per image, on the CPU."""
+    for indices, images, probabilities, masks in scored:
         rgb = rgb_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
-        for mask, image, image_probabilities in zip(masks, rgb, probabilities.float().cpu().numpy()):
-            yield mask, image, image_probabilities
+        for index, mask, image, image_probabilities in zip(indices, masks, rgb, probabilities.float().cpu().numpy()):
+            yield (index, mask), image, image_probabilities
 
 
 def rgb_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -315,10 +327,12 @@ def evaluate_run(run_dir: str | Path, protocol: Protocol = PRESETS["ss"], *, dat
         raise ConfigError("eval_batch_size", f"must be >= 1, got {batch_size}")
     stem = "eval" if split == cfg.val_split else f"eval-{split}"
     out = Path(out) if out is not None else run_dir / f"{stem}-{protocol.name}.json"
+    counts_path = out.with_suffix(".npz")  # per image and class: TP, FP, FN (segtrain.metrics.PerImageCounts)
     key = {"run_dir": str(run_dir), "split": split, "checkpoint_step": step, "protocol": protocol.to_dict()}
     if reuse:
         previous = _read_result(out)
-        if all(previous.get(field) == key[field] for field in ("split", "checkpoint_step", "protocol")):
+        if all(previous.get(field) == key[field] for field in ("split", "checkpoint_step", "protocol")) \
+                and counts_path.is_file():
             return previous
     data_cfg = cfg.replace(data_root=str(data_root)) if data_root is not None else cfg
     dataset = VOCSegmentation(voc_dir_for(data_cfg), split, eval_transform())
@@ -330,15 +344,18 @@ def evaluate_run(run_dir: str | Path, protocol: Protocol = PRESETS["ss"], *, dat
         amp_dtype = amp_dtype_for(target)
         model = model.to(target, memory_format=torch.channels_last)
         started = time.perf_counter()
+        per_image = PerImageCounts(len(dataset), NUM_CLASSES, target, IGNORE_INDEX)
         scores = evaluate_model(model, dataset, target, scales=protocol.scales, flip=protocol.flip,
                                 batch_size=batch_size, workers=cfg.workers, amp_dtype=amp_dtype,
-                                progress=group.is_main, crf=protocol.crf)
+                                progress=group.is_main, crf=protocol.crf, per_image=per_image)
         result = {**key, "miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy,
                   "mean_class_accuracy": scores.mean_class_accuracy, "per_class_iou": scores.per_class_iou,
                   "images": len(dataset), "seconds": time.perf_counter() - started, "device": target.type,
                   "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype else None, "out": str(out),
+                  "per_image_counts": str(counts_path),
                   **({"crf_settings": dataclasses.asdict(dense_crf.DEEPLAB_V2)} if protocol.crf else {})}
         if group.is_main:
+            per_image.save(counts_path, dataset.ids)
             write_json_atomic(out, result)
     finally:
         leave_process_group(group)

@@ -99,10 +99,11 @@ def measure_evaluation(cfg: TrainConfig, image_size: int, batches: int, device: 
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.backbone, cfg.output_stride, NUM_CLASSES, None, cfg.aux_loss, cfg.model)
         model = model.to(device, memory_format=torch.channels_last)
-        score_batches(model, [(images, masks)], device, amp_dtype=amp_dtype)
+        batch = (range(len(images)), images, masks)
+        score_batches(model, [batch], device, amp_dtype=amp_dtype)
         _synchronize(device)
         start = time.perf_counter()
-        score_batches(model, [(images, masks)] * batches, device, amp_dtype=amp_dtype)  # host values: synchronised
+        score_batches(model, [batch] * batches, device, amp_dtype=amp_dtype)  # host values: synchronised
         seconds = time.perf_counter() - start
         return Throughput(batches * cfg.eval_batch_size / seconds, _peak_memory(device, baseline))
     except torch.OutOfMemoryError as error:

@@ -18,12 +18,16 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import segtrain.engine
+from hpo.report.stats import miou_from_counts
 from segtrain.budget import Budget
 from segtrain.config import TrainConfig
 from segtrain.data.synthetic import write_synthetic_voc
+from segtrain.data.voc import VOCSegmentation
 from segtrain.engine import CHECKPOINT, _Run, changed_fields, train
 from segtrain.errors import UserError
+from segtrain.evaluation import PER_IMAGE_COUNTS
 from segtrain.memory import peak_memory_bytes
+from segtrain.metrics import read_per_image_counts
 from segtrain.optim import decay_branch_lrs
 from segtrain.records import EvalResult, TrainingDiverged, TrainResult
 
@@ -67,6 +71,9 @@ def test_run_dir_holds_config_result_and_checkpoint(uninterrupted):
     assert TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())) == result.config
     stored = TrainResult.from_dict(json.loads((run_dir / "result.json").read_text()))
     assert stored == result
+    ids, counts = read_per_image_counts(run_dir / PER_IMAGE_COUNTS)  # the final evaluation, image by image
+    assert ids == VOCSegmentation(result.config.data_root, result.config.val_split).ids
+    assert float(miou_from_counts(counts.sum(axis=0))) == pytest.approx(result.final_miou, abs=1e-12)
     assert not list(run_dir.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 

@@ -16,12 +16,14 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import segtrain.evaluation as evaluation
+from hpo.report.stats import miou_from_counts
 from segtrain.cli import run
 from segtrain.config import TrainConfig
 from segtrain.data.labels import IGNORE_INDEX
@@ -31,6 +33,7 @@ from segtrain.engine import CHECKPOINT, train
 from segtrain.errors import ConfigError
 from segtrain.evaluate import main
 from segtrain.evaluation import (
+    PER_IMAGE_COUNTS,
     PRESETS,
     Protocol,
     evaluate_model,
@@ -39,7 +42,7 @@ from segtrain.evaluation import (
     predictions,
     same_size_batches,
 )
-from segtrain.metrics import ConfusionMatrix
+from segtrain.metrics import ConfusionMatrix, read_per_image_counts
 from tests.conftest import random_deeplab
 
 CPU = torch.device("cpu")
@@ -191,7 +194,7 @@ def test_output_stride_8_at_eval_on_an_os16_checkpoint(tiny_run):
         assert all(torch.equal(value, trained[key]) for key, value in model.state_dict().items())
 
 
-def test_cli_evaluates_a_run_like_training_did_and_records_the_protocol(tiny_run, capsys):
+def test_cli_evaluates_a_run_like_training_did_and_records_the_protocol(tiny_run, synthetic_voc, capsys):
     assert run(main, ["--run", str(tiny_run), "--eval-batch-size", "3"]) == 0
     line = capsys.readouterr().out
     result = json.loads((tiny_run / "eval-os16.json").read_text())
@@ -203,6 +206,13 @@ def test_cli_evaluates_a_run_like_training_did_and_records_the_protocol(tiny_run
     assert (result["split"], result["images"], result["checkpoint_step"]) == ("val", 4, 1)
     assert result["seconds"] > 0 and 0 <= result["pixel_accuracy"] <= 1
     assert line.count("\n") == 1 and f"val mIoU {result['miou']:.4f}" in line and "eval-os16.json" in line
+    # per image and class TP, FP, FN beside it, the same as training's own final evaluation kept
+    assert result["per_image_counts"] == str(tiny_run / "eval-os16.npz")
+    ids, counts = read_per_image_counts(tiny_run / "eval-os16.npz")
+    own_ids, own_counts = read_per_image_counts(tiny_run / PER_IMAGE_COUNTS)
+    assert ids == own_ids == VOCSegmentation(synthetic_voc, "val").ids
+    assert np.array_equal(counts, own_counts) and counts.shape == (4, 21, 3)
+    assert float(miou_from_counts(counts.sum(axis=0))) == pytest.approx(result["miou"], abs=1e-12)
 
     assert run(main, ["--run", str(tiny_run), "--output-stride", "8", "--flip"]) == 0
     flipped = json.loads((tiny_run / "eval-os8-flip.json").read_text())
@@ -223,6 +233,9 @@ def test_evaluate_run_reuses_a_result_of_the_same_checkpoint_and_protocol(tiny_r
     assert evaluate_run(tiny_run, PRESETS["ss"], out=out, reuse=True) == first
     with pytest.raises(Evaluated):  # another protocol is evaluated anew
         evaluate_run(tiny_run, PRESETS["os8"], out=out, reuse=True)
+    out.with_suffix(".npz").unlink()
+    with pytest.raises(Evaluated):  # and so is a result whose per-image counts are gone
+        evaluate_run(tiny_run, PRESETS["ss"], out=out, reuse=True)
 
 
 def copy_run(tiny_run: Path, target: Path, checkpoint: bool = True, **config_changes) -> Path:

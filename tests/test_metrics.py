@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from segtrain.metrics import ConfusionMatrix
+from segtrain.errors import DataError
+from segtrain.metrics import ConfusionMatrix, PerImageCounts, read_per_image_counts
 
 
 def reference_scores(pred: np.ndarray, target: np.ndarray, n: int):
@@ -20,12 +21,18 @@ def reference_scores(pred: np.ndarray, target: np.ndarray, n: int):
     return ious, float(np.mean(present)), float(np.mean(pred == target)), float(np.mean(recalls))
 
 
-def test_matches_numpy_reference_with_void_ignored():
-    rng = np.random.default_rng(0)
-    target = rng.integers(0, 6, size=(3, 17, 23))
+def labelled_batch(seed: int, shape: tuple[int, ...], correct: float) -> tuple[np.ndarray, np.ndarray]:
+    """(prediction, target) of classes 0-5, a tenth of the target void (255), `correct` of it predicted right."""
+    rng = np.random.default_rng(seed)
+    target = rng.integers(0, 6, size=shape)
     target[rng.random(target.shape) < 0.1] = 255
-    pred = np.where(rng.random(target.shape) < 0.6, target, rng.integers(0, 6, size=target.shape))
+    pred = np.where(rng.random(target.shape) < correct, target, rng.integers(0, 6, size=target.shape))
     pred[pred == 255] = 0
+    return pred, target
+
+
+def test_matches_numpy_reference_with_void_ignored():
+    pred, target = labelled_batch(0, (3, 17, 23), 0.6)
     matrix = ConfusionMatrix(21)
     matrix.update(torch.from_numpy(pred), torch.from_numpy(target))
     scores = matrix.compute()
@@ -67,3 +74,36 @@ def test_rejects_labels_outside_the_classes_and_mismatched_shapes():
         matrix.update(torch.zeros(1, 4, dtype=torch.long), torch.tensor([[0, 21, 0, 0]]))
     with pytest.raises(ValueError, match="differ in shape"):
         matrix.update(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 5, dtype=torch.long))
+
+
+def test_per_image_counts_are_each_images_tp_fp_fn_and_sum_to_the_confusion_matrix():
+    prediction, target = labelled_batch(2, (3, 7, 9), 0.5)
+    counts, matrix = PerImageCounts(5, 21), ConfusionMatrix(21)
+    counts.update([4, 0, 2], torch.from_numpy(prediction), torch.from_numpy(target))  # rows by dataset index
+    matrix.update(torch.from_numpy(prediction), torch.from_numpy(target))
+    assert counts.counts.dtype == torch.int32 and counts.counts.shape == (5, 21, 3)
+    assert not counts.counts[[1, 3]].any()  # images not scored: no counts
+    for row, image in zip([4, 0, 2], range(3)):
+        keep = target[image] != 255
+        p, t = prediction[image][keep], target[image][keep]
+        expected = [[np.sum((p == c) & (t == c)), np.sum((p == c) & (t != c)), np.sum((p != c) & (t == c))]
+                    for c in range(21)]
+        assert counts.counts[row].tolist() == expected
+    whole = counts.counts.sum(dim=0).long()
+    m = matrix.matrix
+    assert torch.equal(whole[:, 0], m.diag()) and torch.equal(whole[:, 1], m.sum(0) - m.diag())
+    assert torch.equal(whole[:, 2], m.sum(1) - m.diag())
+    with pytest.raises(ValueError, match="one batch"):
+        counts.update([0], torch.from_numpy(prediction), torch.from_numpy(target))
+
+
+def test_per_image_counts_round_trip_and_a_corrupt_file_is_one_clear_error(tmp_path):
+    counts = PerImageCounts(2, 21)
+    counts.update([1, 0], torch.tensor([[[0, 1]], [[1, 1]]]), torch.tensor([[[0, 0]], [[1, 255]]]))
+    path = counts.save(tmp_path / "per_image_counts.npz", ["b", "a"])
+    ids, loaded = read_per_image_counts(path)
+    assert ids == ["b", "a"] and loaded.dtype == np.int32 and np.array_equal(loaded, counts.counts.numpy())
+    assert loaded[1, 0].tolist() == [1, 0, 1] and loaded[0, 1].tolist() == [1, 0, 0]
+    path.write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="unreadable per-image counts .* evaluate the run again"):
+        read_per_image_counts(path)

@@ -75,8 +75,7 @@ def test_a_variant_and_the_crf_protocol_are_priced_from_their_own_figures(workdi
     its own (on the space's backbone: it retrains the best configuration, never ResNet-101), here at twice
     V3's seconds an image, and its row is priced from them; every run's crf scoring adds segtrain.crf's
     CPU-seconds for its val images, shared over the pool's processes."""
-    text = DEMO.read_text().replace('\neval = ["ss", "os8"]\n',
-                                    '\neval = ["ss", "os8", "crf"]\nvariants = ["deeplabv3plus"]\n')
+    text = DEMO.read_text().replace('\neval = ["ss", "os8"]', '\nvariants = ["deeplabv3plus"]\neval = ["ss", "os8", "crf"]', 1)
     assert text != DEMO.read_text()
     (workdir / "demo-family.toml").write_text(text)
     output_dir = workdir / "demo-family"
@@ -120,7 +119,7 @@ def test_a_budget_cut_proposes_a_spec_that_parses_and_fits(demo, workdir, capsys
     assert replanned.total_hours <= budget
     # the order: finalize epochs first, down to half the spec's (and twice a trial's); seeds and top_k are at
     # their floors already (3 and 4); then trials, as few as needed: one more would not fit
-    assert (cut.finalize.epochs, cut.finalize.seeds, cut.finalize.top_k) == (2.0, (0, 1, 2), 4)
+    assert (cut.finalize.epochs, cut.finalize.seeds, cut.finalize.top_k) == (2.0, (1, 2, 3), 4)
     assert 20 <= cut.study.trials < 40
     assert Estimator(cut, estimator.model).plan(trials=cut.study.trials + 1).total_hours > budget
     assert cut.study.budget_hours == pytest.approx(budget - replanned.finalize_hours, abs=0.011)
