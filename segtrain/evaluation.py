@@ -38,14 +38,14 @@ from tqdm import tqdm
 from segtrain.config import OUTPUT_STRIDES, TrainConfig, read_config_file
 from segtrain.data import voc_dir_for
 from segtrain.data.labels import IGNORE_INDEX, NUM_CLASSES
-from segtrain.data.transforms import eval_transform
+from segtrain.data.transforms import eval_transform, to_device
 from segtrain.data.voc import VOCSegmentation
-from segtrain.device import amp_dtype_for, autocast, resolve_device
+from segtrain.device import amp_dtype_for, autocast, cudnn_benchmark, default_workers, resolve_device
 from segtrain.distributed import join_process_group, leave_process_group
 from segtrain.errors import ConfigError, UserError, unwrap_worker_errors
 from segtrain.fileio import write_json_atomic
 from segtrain.metrics import ConfusionMatrix, Scores
-from segtrain.model import build_model, state_dict_problems
+from segtrain.model import build_model, head_logits, state_dict_problems
 
 CHECKPOINT = "checkpoint.pt"  # what segtrain.engine writes in a run dir
 MULTI_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # TF DeepLab's model zoo's and mmsegmentation's img_ratios
@@ -131,17 +131,22 @@ def predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1
     mmsegmentation's test-time resize and torchvision's DeepLabV3 upsampling), the logits
     are resized back to the input size the same way, then softmax; a flipped pass sees the
     mirrored input and its output is mirrored back. The model must be in eval mode.
+
+    The network runs under autocast to `amp_dtype`; the upsampling of its logits and all
+    that follows run in float32, as on the CPU (bfloat16 logits upsampled in bfloat16 tie
+    at the argmax where float32 ones do not, so CUDA and CPU scores would differ). cuDNN's
+    autotuner is off: every new image size would be tuned again.
     """
-    with torch.inference_mode(), autocast(amp_dtype):
+    with torch.inference_mode(), cudnn_benchmark(False):
         if tuple(scales) == (1.0,) and not flip:
-            return model(images)["out"]
+            return _logits(model, images, amp_dtype)
         size = images.shape[-2:]
         total = None
         for scale in scales:
             scaled = images if scale == 1.0 else F.interpolate(
                 images, size=scaled_size(size, scale), mode="bilinear", align_corners=False)
             for mirrored in (False, True) if flip else (False,):
-                logits = model(scaled.flip(-1) if mirrored else scaled)["out"].float()
+                logits = _logits(model, scaled.flip(-1) if mirrored else scaled, amp_dtype)
                 if mirrored:
                     logits = logits.flip(-1)
                 if logits.shape[-2:] != size:
@@ -151,55 +156,74 @@ def predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1
         return total.div_(len(scales) * (2 if flip else 1))
 
 
+def _logits(model: nn.Module, images: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """float32 logits at the images' size: the network under autocast, the upsampling in float32
+    (on the CPU, without autocast, exactly the model's own forward)."""
+    with autocast(amp_dtype):
+        logits = head_logits(model, images)
+    return F.interpolate(logits.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def eval_loader(dataset: VOCSegmentation, device: torch.device, batch_size: int = 8, workers: int | None = 0,
+                persistent: bool = False) -> DataLoader:
+    """This process's share of `dataset` (all of it outside torch.distributed) in same-size batches,
+    uint8 as the workers decode them (pinned on CUDA); `loader.batch_sampler` lists each batch's
+    indices. `workers` None: segtrain.device.default_workers. `persistent`: the workers live as long
+    as the loader, for a run that evaluates several times (forking them anew costs seconds each time)."""
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    workers = default_workers(device) if workers is None else workers
+    return DataLoader(dataset, batch_sampler=same_size_batches(dataset.image_sizes, batch_size, rank, world_size),
+                      num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=persistent and workers > 0,
+                      generator=torch.Generator())  # its seed draw must not move the global RNG
+
+
 def predictions(model: nn.Module, dataset: VOCSegmentation, device: torch.device, *,
-                scales: Sequence[float] = (1.0,), flip: bool = False, batch_size: int = 8, workers: int = 0,
+                scales: Sequence[float] = (1.0,), flip: bool = False, batch_size: int = 8, workers: int | None = 0,
                 amp_dtype: torch.dtype | None = None, progress: bool = False
                 ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
     """(dataset indices, scores as `predict` gives them, masks) for each same-size batch of this
     process's share of `dataset` (all of it outside torch.distributed), on `device`."""
     model.eval()
-    for indices, images, masks in _same_size_batches_on(device, dataset, batch_size, workers, progress):
+    for indices, images, masks in _batches(eval_loader(dataset, device, batch_size, workers), progress):
+        images, masks = to_device(images, masks, device)
         yield indices, predict(model, images, scales, flip, amp_dtype), masks
 
 
 def evaluate_model(model: nn.Module, dataset: VOCSegmentation, device: torch.device, *,
-                   scales: Sequence[float] = (1.0,), flip: bool = False, batch_size: int = 8, workers: int = 0,
-                   amp_dtype: torch.dtype | None = None, progress: bool = False) -> Scores:
+                   scales: Sequence[float] = (1.0,), flip: bool = False, batch_size: int = 8, workers: int | None = 0,
+                   amp_dtype: torch.dtype | None = None, progress: bool = False,
+                   loader: DataLoader | None = None) -> Scores:
     """mIoU etc. of `model` (built at the protocol's output stride) over `dataset`, each image at
-    its own size; under torch.distributed every process calls it and gets the same Scores."""
-    batches = _same_size_batches_on(device, dataset, batch_size, workers, progress)
-    return score_batches(model, ((images, masks) for _, images, masks in batches), device,
+    its own size; under torch.distributed every process calls it and gets the same Scores.
+    `loader`: an `eval_loader` of `dataset` made earlier (a run's, kept between its evaluations),
+    in place of one made here from batch_size and workers."""
+    if loader is None:
+        loader = eval_loader(dataset, device, batch_size, workers)
+    return score_batches(model, ((images, masks) for _, images, masks in _batches(loader, progress)), device,
                          scales=scales, flip=flip, amp_dtype=amp_dtype)
 
 
 def score_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, *,
                   scales: Sequence[float] = (1.0,), flip: bool = False,
                   amp_dtype: torch.dtype | None = None) -> Scores:
-    """mIoU etc. of `model` over (images, masks) batches, each of images of one size (summed over
-    processes under torch.distributed)."""
+    """mIoU etc. of `model` over uint8 (images, masks) batches as loaders give them, each of images of
+    one size, converted on `device` (summed over processes under torch.distributed)."""
     model.eval()
     matrix = ConfusionMatrix(NUM_CLASSES, device=device, ignore_index=IGNORE_INDEX)
     for images, masks in batches:
-        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
-        matrix.update(predict(model, images, scales, flip, amp_dtype).argmax(dim=1),
-                      masks.to(device, non_blocking=True))
+        images, masks = to_device(images, masks, device)
+        matrix.update(predict(model, images, scales, flip, amp_dtype).argmax(dim=1), masks)
     matrix.all_reduce()
     return matrix.compute()
 
 
-def _same_size_batches_on(device: torch.device, dataset: VOCSegmentation, batch_size: int, workers: int,
-                          progress: bool) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
-    """(indices, images, masks) of this process's share of `dataset` in same-size batches, on `device`,
-    with a progress bar."""
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    batches = same_size_batches(dataset.image_sizes, batch_size, rank, world_size)
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
-                        generator=torch.Generator())  # its seed draw must not move the global RNG
+def _batches(loader: DataLoader, progress: bool) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """(indices, images, masks) of an eval_loader's batches, with a progress bar."""
+    batches = loader.batch_sampler
     with tqdm(total=sum(map(len, batches)), unit="img", desc="eval", leave=False, dynamic_ncols=True,
               disable=None if progress else True) as bar:
         for indices, (images, masks) in zip(batches, unwrap_worker_errors(loader)):
-            yield (indices, images.to(device, non_blocking=True, memory_format=torch.channels_last),
-                   masks.to(device, non_blocking=True))
+            yield indices, images, masks
             bar.update(len(indices))
 
 

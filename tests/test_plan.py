@@ -20,7 +20,9 @@ from hpo.plan.cli import main
 from hpo.plan.cost import CostModel
 from hpo.plan.estimate import Estimator
 from hpo.spec import load_spec
+from segtrain import profile
 from segtrain.cli import run
+from segtrain.config import TrainConfig
 
 DEMO = REPO / "studies" / "demo.toml"
 SECONDS_PER_IMAGE = 0.1  # training; evaluation a hundredth of it (write_probe)
@@ -162,6 +164,27 @@ def test_the_probe_measures_every_corner_and_is_reused(workdir, capsys):
     assert "probe of cpu" in out and "(measured," in out and "100% of the space predicted not to fit" in out
     assert run(main, argv[:2], prog="hpo.plan") == 0  # same corners: the file is reused as it is
     assert "(reused," in capsys.readouterr().out and json.loads(path.read_text()) == written
+
+
+def test_under_wsd_the_peak_counts_the_decay_branchs_copy_of_the_state(workdir):
+    """A decay branch holds a copy of the weights and the optimizer's buffers (SGD's momentum: as large
+    again) while it trains: the probe's memory figure must include it, and a spec switched to wsd
+    must be probed again."""
+    torch.set_num_threads(1)
+    cpu, peaks = torch.device("cpu"), {}
+    for schedule in ("poly", "wsd"):
+        cfg = TrainConfig(pretrained=None, crop_size=33, batch_size=2, schedule=schedule, device="cpu")
+        peaks[schedule] = profile.measure_training(cfg, 1, cpu, workdir / "wsd-cache").peak_memory_bytes
+    state_bytes = 2 * 4 * profile.parameter_count(cfg)  # fp32 weights + momentum
+    assert 0.8 * state_bytes < peaks["wsd"] - peaks["poly"] < 1.3 * state_bytes
+    spec = load_spec(DEMO)
+    assert probe.settings_key(spec) != probe.settings_key(spec.with_train(schedule="wsd"))
+
+
+def test_evaluation_corners_time_voc_like_same_size_batches():
+    """Whole batches of VOC's commonest size in both orientations, and the small batches of rarer sizes."""
+    assert probe.eval_batch_shapes(500, 8) == [(375, 500, 8), (500, 375, 8), (333, 500, 2), (500, 450, 1)]
+    assert probe.eval_batch_shapes(500, 1) == [(375, 500, 1), (500, 375, 1), (333, 500, 1), (500, 450, 1)]
 
 
 def test_the_documented_gpu_estimate_is_priced_by_the_planner_and_marked_assumed(monkeypatch, capsys):
