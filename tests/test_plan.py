@@ -188,17 +188,25 @@ def test_evaluation_corners_time_voc_like_same_size_batches():
 
 
 def test_the_documented_gpu_estimate_is_priced_by_the_planner_and_marked_assumed(monkeypatch, capsys):
-    """docs/gpu_estimate.py reproduces performance.md's table: the planner's bill on an assumed probe,
-    so it scales with the assumed throughput and says it is no measurement."""
+    """docs/gpu_estimate.py reproduces performance.md's tables: the planner's bill on an assumed probe whose
+    baseline trains at utilisation x peak / its FLOPs, so the bill scales inversely with that, says it is no
+    measurement, and its FLOP count is segtrain.profile's."""
+    path = REPO / "docs" / "gpu_estimate.py"
 
-    def total(images_per_second: str) -> tuple[float, str]:
-        monkeypatch.setattr(sys, "argv", ["gpu_estimate.py", "--images-per-second", images_per_second])
-        runpy.run_path(str(REPO / "docs" / "gpu_estimate.py"), run_name="__main__")
+    def total(*argv: str) -> tuple[float, str]:
+        monkeypatch.setattr(sys, "argv", ["gpu_estimate.py", *argv])
+        runpy.run_path(str(path), run_name="__main__")
         out = capsys.readouterr().out
         row = next(line for line in out.splitlines() if line.startswith("| total "))
         return float(row.split("|")[5]), out
 
-    at_20, out = total("20")
-    at_40, _ = total("40")
-    assert at_40 == pytest.approx(at_20 / 2, rel=0.01)
+    on_3090, out = total("--card", "rtx3090")
+    on_h100, _ = total("--card", "h100")
+    measured, _ = total("--images-per-second", "93")  # twice the 3090's derived 46.5
+    assert on_h100 == pytest.approx(on_3090 * (0.20 * 71) / (0.12 * 989), rel=0.01)
+    assert measured == pytest.approx(on_3090 / 2, rel=0.01)
     assert "(assumed, not measured)" in out and "ResNet-101, from scratch" in out
+    assert "baseline 46.5 training images/s = 0.2 x 71 TFLOP/s / 305.2 GFLOP an image" in out
+    estimate = runpy.run_path(str(path))
+    baseline = TrainConfig(backbone="resnet50", output_stride=16, crop_size=513, aux_loss=False, pretrained=None)
+    assert profile.training_flops(baseline) / 1e9 == pytest.approx(estimate["BASELINE_GFLOP"], abs=0.05)
