@@ -11,6 +11,7 @@ import math
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabV3
 
 import segtrain.engine
 import segtrain.evaluation as evaluation
+from hpo.spec import load_spec
 from segtrain import sharedmem
 from segtrain.budget import Budget
 from segtrain.config import TrainConfig
@@ -32,6 +34,7 @@ from segtrain.errors import UserError
 from segtrain.memory import peak_memory_bytes
 from segtrain.optim import decay_branch_lrs
 from segtrain.records import EvalResult, TrainingDiverged, TrainResult
+from segtrain.train import build_parser
 
 
 class Stop(Exception):
@@ -202,6 +205,13 @@ def test_compile_trains_the_compiled_module_and_checkpoints_the_eager_ones_keys(
     tiny_deeplab().load_state_dict(saved)  # loadable without compile
     assert json.loads((run_dir / "config.json").read_text())["compile"] is True
     assert changed_fields({**result.config.to_dict(), "compile": False}, result.config) == []  # resumable either way
+
+
+def test_compile_is_a_flag_and_a_spec_setting():
+    assert TrainConfig().compile is False
+    assert vars(build_parser().parse_args(["--compile"]))["compile"] is True
+    demo = Path(segtrain.engine.__file__).parents[1] / "studies" / "demo.toml"
+    assert load_spec(demo).with_train(compile=True).train_config().compile is True
 
 
 def test_cudnn_autotunes_training_steps_and_not_evaluations(compiled_run):
