@@ -93,9 +93,9 @@ REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "studies" / "voc_r50.toml"
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets; fp16 where the card
 # has no bf16 (V100, T4); GeForce cards at their fp32-accumulation rate, which autocast's matmuls use.
-# Most specific names first.
+# Most specific names first: the first key within the device's name counts.
 DENSE_PEAK_TFLOPS = {"H100 PCIe": 756, "H100 NVL": 835, "H100": 989, "H200": 989, "A100": 312, "L40S": 362,
-                     "L4": 121, "A10": 125, "RTX 4090": 165, "RTX 3090": 71, "V100": 125, "T4": 65}
+                     "RTX 4090": 165, "RTX 3090": 71, "V100": 125, "T4": 65}
 # VOC val's sizes as (width, height): most photos 500x375 or 375x500, the rest of many heights
 VOC_LIKE_SIZES = [(500, 375)] * 5 + [(375, 500)] * 3 + [(500, 333), (500, 334), (500, 281), (500, 366),
                                                          (486, 500), (500, 400), (353, 500), (500, 442)]

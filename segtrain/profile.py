@@ -12,7 +12,7 @@ Peak memory means what must fit the device (segtrain.memory): on CUDA the most t
 caching allocator held; on CPU the growth of the process's peak resident set over its
 size before the model was built.
 
-Used by hpo.plan.probe (a study's cost corners) and benchmarks/scaling.py.
+Used by hpo.plan.probe (a study's cost corners), benchmarks/scaling.py and benchmarks/gpu.py.
 """
 
 from __future__ import annotations
