@@ -69,9 +69,14 @@ def test_merge_equals_one_matrix_over_everything():
 
 
 def test_rejects_labels_outside_the_classes_and_mismatched_shapes():
-    matrix = ConfusionMatrix(21)
-    with pytest.raises(RuntimeError):
-        matrix.update(torch.zeros(1, 4, dtype=torch.long), torch.tensor([[0, 21, 0, 0]]))
+    """An id past the classes is counted on the device (no host sync to check it there) and refused when
+    the scores are read; whatever prediction it pairs with, it never lands in the matrix."""
+    for prediction in (0, 20):
+        matrix = ConfusionMatrix(21)
+        matrix.update(torch.full((1, 4), prediction), torch.tensor([[0, 21, 0, 254]], dtype=torch.uint8))
+        assert int(matrix.matrix.sum()) == 2
+        with pytest.raises(ValueError, match="2 pixels have a target class id outside 0-20 that is not the ignored 255"):
+            matrix.compute()
     with pytest.raises(ValueError, match="differ in shape"):
         matrix.update(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 5, dtype=torch.long))
 
@@ -107,3 +112,18 @@ def test_per_image_counts_round_trip_and_a_corrupt_file_is_one_clear_error(tmp_p
     path.write_bytes(b"not a zip")
     with pytest.raises(DataError, match="unreadable per-image counts .* evaluate the run again"):
         read_per_image_counts(path)
+
+
+def test_uint8_masks_count_as_their_int64_copies_and_bincount_is_not_used(monkeypatch):
+    """Loader masks arrive as uint8. The update must not call torch.bincount, which reads the largest id
+    back to the host (a sync per evaluation batch on CUDA)."""
+    rng = np.random.default_rng(2)
+    target = rng.integers(0, 21, size=(2, 33, 47))
+    target[rng.random(target.shape) < 0.2] = 255
+    prediction = torch.from_numpy(rng.integers(0, 21, size=target.shape))
+    wide, narrow = ConfusionMatrix(21), ConfusionMatrix(21)
+    wide.update(prediction, torch.from_numpy(target))
+    monkeypatch.setattr(torch, "bincount", lambda *args, **kwargs: pytest.fail("bincount syncs on CUDA"))
+    narrow.update(prediction, torch.from_numpy(target.astype(np.uint8)))
+    assert torch.equal(wide.matrix, narrow.matrix) and int(narrow.matrix.sum()) == int((target != 255).sum())
+    assert wide.compute() == narrow.compute()
