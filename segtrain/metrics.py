@@ -117,7 +117,11 @@ class PerImageCounts:
         first_bin = torch.arange(batch, device=device).unsqueeze(1) * (n * n) + 1
         pairs = (target * n + prediction).add_(first_bin)
         pairs.masked_fill_(target == self.ignore_index, 0)
-        matrices = torch.bincount(pairs.reshape(-1), minlength=batch * n * n + 1)[1:].view(batch, n, n)
+        pairs = pairs.reshape(-1).clamp_(max=batch * n * n)  # an id past the classes: ConfusionMatrix refuses it
+        # index_add_ into fixed bins, as ConfusionMatrix does: bincount would read the largest back to the host
+        bins = torch.zeros(batch * n * n + 1, dtype=torch.int64, device=device)
+        bins.index_add_(0, pairs, torch.ones((), dtype=torch.int64, device=device).expand(pairs.numel()))
+        matrices = bins[1:].view(batch, n, n)
         true_positive = matrices.diagonal(dim1=1, dim2=2)
         rows = torch.as_tensor(list(indices), device=device)
         self.counts[rows] = torch.stack((true_positive, matrices.sum(dim=1) - true_positive,

@@ -127,3 +127,6 @@ def test_uint8_masks_count_as_their_int64_copies_and_bincount_is_not_used(monkey
     narrow.update(prediction, torch.from_numpy(target.astype(np.uint8)))
     assert torch.equal(wide.matrix, narrow.matrix) and int(narrow.matrix.sum()) == int((target != 255).sum())
     assert wide.compute() == narrow.compute()
+    per_image = PerImageCounts(2, 21)  # the final evaluation's per-image counts: no bincount either
+    per_image.update([0, 1], prediction, torch.from_numpy(target.astype(np.uint8)))
+    assert torch.equal(per_image.counts.sum(dim=0)[:, 0].long(), wide.matrix.diag())
