@@ -154,22 +154,26 @@ def result(name: str, value: float, op: str, goal: float | str) -> None:
 
 
 def write_voc_pairs(out_dir: Path, count: int, width: int, height: int, seed: int = 0,
-                    classes: int = 20) -> Path:
-    """A VOC2012-layout tree (split `train`) of `count` JPEG + paletted-PNG pairs, every one
-    width x height: segtrain's synthetic scenes at one fixed size (VOC photos are mostly 500x375)."""
+                    classes: int = 20, split: str = "train",
+                    sizes: Sequence[tuple[int, int]] | None = None) -> Path:
+    """A VOC2012-layout tree (split `split`, beside any other split written there) of `count` JPEG +
+    paletted-PNG pairs of segtrain's synthetic scenes, every one width x height, or with `sizes`
+    (width, height) pair i at sizes[i % len(sizes)]: VOC's photos are mostly 500x375 or 375x500."""
     from segtrain.data.labels import VOC_PALETTE
     from segtrain.data.synthetic import render_scene
 
     voc_dir = Path(out_dir) / "VOCdevkit" / "VOC2012"
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (voc_dir / sub).mkdir(parents=True, exist_ok=True)
-    ids = [f"bench_{index:06d}" for index in range(count)]
+    sizes = sizes or [(width, height)]
+    ids = [f"bench_{split}_{index:06d}" for index in range(count)]
     for index, image_id in enumerate(ids):
-        image, mask = render_scene(np.random.default_rng([seed, index]), (height, width),
+        pair_width, pair_height = sizes[index % len(sizes)]
+        image, mask = render_scene(np.random.default_rng([seed, index]), (pair_height, pair_width),
                                    list(range(1, classes + 1)))
         PIL.Image.fromarray(image).save(voc_dir / "JPEGImages" / f"{image_id}.jpg", quality=90)
         png = PIL.Image.fromarray(mask)
         png.putpalette(VOC_PALETTE)
         png.save(voc_dir / "SegmentationClass" / f"{image_id}.png")
-    (voc_dir / "ImageSets" / "Segmentation" / "train.txt").write_text("".join(f"{i}\n" for i in ids))
+    (voc_dir / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
     return voc_dir

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from segtrain.data.labels import IGNORE_INDEX, NUM_CLASSES
 from segtrain.data.synthetic import write_synthetic_voc
+from segtrain.data.transforms import MEAN_PIXEL, to_device
 from segtrain.data.voc import VOCSegmentation
 from segtrain.evaluation import MULTI_SCALES, evaluate_model
 from segtrain.metrics import ConfusionMatrix, Scores
@@ -40,10 +41,11 @@ BATCH = 8
 
 
 def pad_collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The old collate: pad images (with 0, the mean pixel) and masks (with 255) bottom/right to the largest."""
+    """The old collate: pad images (with the mean pixel, 0 once normalised) and masks (with 255) bottom/right
+    to the largest."""
     height = max(image.shape[-2] for image, _ in batch)
     width = max(image.shape[-1] for image, _ in batch)
-    images = batch[0][0].new_zeros((len(batch), 3, height, width))
+    images = torch.tensor(MEAN_PIXEL, dtype=torch.uint8)[:, None, None].repeat(len(batch), 1, height, width)
     masks = batch[0][1].new_full((len(batch), height, width), IGNORE_INDEX)
     for slot, (image, mask) in enumerate(batch):
         images[slot, :, :image.shape[-2], :image.shape[-1]] = image
@@ -57,7 +59,7 @@ def padded_evaluation(model: torch.nn.Module, dataset: VOCSegmentation, batch_si
     matrix = ConfusionMatrix(NUM_CLASSES, ignore_index=IGNORE_INDEX)
     with torch.inference_mode():
         for images, masks in DataLoader(dataset, batch_size=batch_size, collate_fn=pad_collate):
-            images = images.contiguous(memory_format=torch.channels_last)
+            images, masks = to_device(images, masks, CPU)
             matrix.update(model(images)["out"].argmax(dim=1), masks)
     return matrix.compute()
 

@@ -81,8 +81,11 @@ class TrainConfig:
     # --- runtime
     seed: int = 0
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
-    workers: int = 4  # DataLoader worker processes
+    # DataLoader worker processes; None: what the host can give (segtrain.device.default_workers: on CUDA
+    # min(cores per GPU process - 1, 8), on the CPU 0, loading in the training process)
+    workers: int | None = None
     eval_batch_size: int = 8
+    compile: bool = False  # torch.compile the training model (evaluation and checkpoints use the eager module)
 
     def __post_init__(self) -> None:
         for name, annotation in _field_types().items():
@@ -94,8 +97,9 @@ class TrainConfig:
             object.__setattr__(self, "pretrained", None)
         for name in ("lr", "epochs", "poly_power"):
             self._require(name, getattr(self, name) > 0, "must be > 0")
-        for name in ("weight_decay", "warmup_epochs", "workers", "synthetic_seed"):
+        for name in ("weight_decay", "warmup_epochs", "synthetic_seed"):
             self._require(name, getattr(self, name) >= 0, "must be >= 0")
+        self._require("workers", self.workers is None or self.workers >= 0, "must be >= 0")
         self._require("head_lr_multiplier", self.head_lr_multiplier > 0, "must be > 0")
         self._require("momentum", 0 <= self.momentum < 1, "must be in [0, 1)")
         self._require("nesterov", not (self.nesterov and self.momentum == 0),

@@ -36,9 +36,9 @@ from segtrain.budget import Budget
 from segtrain.config import TrainConfig
 from segtrain.data import voc_dir_for
 from segtrain.data.labels import IGNORE_INDEX, NUM_CLASSES
-from segtrain.data.transforms import eval_transform, train_transform
+from segtrain.data.transforms import eval_transform, to_device, train_transform
 from segtrain.data.voc import VOCSegmentation
-from segtrain.device import amp_dtype_for, autocast, resolve_device
+from segtrain.device import amp_dtype_for, autocast, cudnn_benchmark, default_workers, resolve_device
 from segtrain.distributed import (
     ProcessGroup,
     as_one_batch,
@@ -48,14 +48,16 @@ from segtrain.distributed import (
     on_main_process,
 )
 from segtrain.errors import UserError, unwrap_worker_errors
-from segtrain.evaluation import CHECKPOINT, OWN_PROTOCOL, PRESETS, evaluate_model
+from segtrain.evaluation import CHECKPOINT, OWN_PROTOCOL, PER_IMAGE_COUNTS, PRESETS, eval_loader, evaluate_model
 from segtrain.fileio import write_atomic, write_json_atomic
 from segtrain.memory import peak_memory_bytes, reset_peak_memory
+from segtrain.metrics import PerImageCounts
 from segtrain.model import build_model, count_parameters
 from segtrain.optim import build_optimizer, build_schedule, decay_branch_lrs
 from segtrain.progress import LINE_EVERY_SECONDS, progress
 from segtrain.records import RUNTIME_FIELDS, EvalResult, TrainingDiverged, TrainResult
 from segtrain.sampling import TrainStream
+from segtrain.sharedmem import check_shared_memory
 from segtrain.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -99,7 +101,10 @@ def train(cfg: TrainConfig, on_eval: Callable[[EvalResult], None] | None = None,
         with logging_redirect_tqdm():
             run = _Run(cfg, device, group, Path(run_dir) if run_dir else None, save_checkpoints)
             run.tracker = tracker if group.is_main else None
-            return run.execute(on_eval, resume)
+            try:
+                return run.execute(on_eval, resume)
+            finally:
+                run.close()
     finally:
         leave_process_group(group)
 
@@ -120,6 +125,9 @@ class _Run:
         self.val_set = VOCSegmentation(voc_dir, cfg.val_split, eval_transform())
         self.budget = Budget.plan(cfg, len(self.train_set), group.world_size)
         self.cuda = device.type == "cuda"
+        self.workers = default_workers(device) if cfg.workers is None else cfg.workers
+        # made once: its workers persist from one evaluation to the next
+        self.eval_loader = eval_loader(self.val_set, device, cfg.eval_batch_size, self.workers, persistent=True)
         self.amp_dtype = amp_dtype_for(device)
         _seed_everything(cfg.seed)  # right before the first random draw: the model's init
         with main_process_first(group):  # rank 0 alone downloads ImageNet weights into the cache
@@ -141,6 +149,8 @@ class _Run:
         if group.is_distributed:
             self.model = DistributedDataParallel(
                 self.model, device_ids=[device.index] if self.cuda else None)
+        # what the training steps call; evaluation and checkpoints use the eager module (its own keys)
+        self.training_model = torch.compile(self.model) if cfg.compile else self.model
 
     # --- the loop
 
@@ -149,6 +159,7 @@ class _Run:
             self.restore()
         if self.writes:
             write_json_atomic(self.run_dir / "config.json", self.cfg.to_dict())
+        self.check_shared_memory()
         self.started = time.perf_counter()
         budget = self.budget
         batches = unwrap_worker_errors(self.train_loader())
@@ -197,20 +208,32 @@ class _Run:
         stream = TrainStream(len(self.train_set), self.cfg.seed, self.step * self.budget.per_process_batch,
                              self.group.rank, self.group.world_size)
         return DataLoader(self.train_set, batch_size=self.budget.per_process_batch, sampler=stream,
-                          num_workers=self.cfg.workers, pin_memory=self.cuda,
+                          num_workers=self.workers, pin_memory=self.cuda,
                           generator=torch.Generator().manual_seed(self.cfg.seed))
 
+    def check_shared_memory(self) -> None:
+        """Before the first loader starts: /dev/shm must hold the uint8 batches its workers prefetch,
+        the training loader's, a decay branch's beside it under wsd, and the largest evaluation batch's."""
+        pixels = self.budget.per_process_batch * self.cfg.crop_size ** 2
+        train_loaders = 2 if self.cfg.schedule == "wsd" else 1
+        sizes = self.val_set.image_sizes
+        largest_eval = max(len(batch) * sizes[batch[0]][0] * sizes[batch[0]][1]
+                           for batch in self.eval_loader.batch_sampler)
+        bytes_per_pixel = 4  # RGB and the mask, one byte each
+        check_shared_memory(self.workers, [bytes_per_pixel * pixels] * train_loaders + [bytes_per_pixel * largest_eval])
+
     def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
-        masks = masks.to(self.device, non_blocking=True)
+        """One optimizer step on a loader's uint8 batch, converted on the device here."""
+        images, masks = to_device(images, masks, self.device)
         per_pixel = self.per_pixel_weight(masks)
-        with self.autocast():
-            outputs = self.model(images)
-            loss = self.criterion(outputs["out"], masks) * per_pixel
-            if "aux" in outputs:
-                loss = loss + AUX_LOSS_WEIGHT * self.criterion(outputs["aux"], masks) * per_pixel
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        with cudnn_benchmark(True):  # fixed shapes: each convolution's fastest algorithm is found once
+            with self.autocast():
+                outputs = self.training_model(images)
+                loss = self.criterion(outputs["out"], masks) * per_pixel
+                if "aux" in outputs:
+                    loss = loss + AUX_LOSS_WEIGHT * self.criterion(outputs["aux"], masks) * per_pixel
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach()
@@ -269,10 +292,15 @@ class _Run:
         return result
 
     def evaluate_point(self, loss: float) -> EvalResult:
+        """The scores now; the run's final evaluation also keeps its per-image counts beside result.json."""
+        final = self.step == self.budget.total_steps
+        per_image = PerImageCounts(len(self.val_set), NUM_CLASSES, self.device, IGNORE_INDEX) if final else None
         # the bare model: DDP's forward would broadcast buffers, a collective that ranks
         # with fewer val batches than rank 0 would never join
-        scores = evaluate_model(self.bare_model(), self.val_set, self.device, batch_size=self.cfg.eval_batch_size,
-                                workers=self.cfg.workers, amp_dtype=self.amp_dtype, progress=self.group.is_main)
+        scores = evaluate_model(self.bare_model(), self.val_set, self.device, amp_dtype=self.amp_dtype,
+                                progress=self.group.is_main, loader=self.eval_loader, per_image=per_image)
+        if per_image is not None and self.writes:
+            per_image.save(self.run_dir / PER_IMAGE_COUNTS, self.val_set.ids)
         images_seen = self.step * self.cfg.batch_size
         result = EvalResult(
             point=self.budget.eval_steps.index(self.step) + 1, step=self.step,
@@ -301,6 +329,10 @@ class _Run:
         return result
 
     # --- bookkeeping
+
+    def close(self) -> None:
+        """End the evaluation loader's persistent workers now, not whenever the run is collected."""
+        self.eval_loader = None
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started

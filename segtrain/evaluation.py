@@ -40,18 +40,19 @@ from segtrain import crf as dense_crf
 from segtrain.config import OUTPUT_STRIDES, TrainConfig, read_config_file
 from segtrain.data import voc_dir_for
 from segtrain.data.labels import IGNORE_INDEX, NUM_CLASSES
-from segtrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from segtrain.data.transforms import eval_transform, to_device
 from segtrain.data.voc import VOCSegmentation
-from segtrain.device import amp_dtype_for, autocast, resolve_device
+from segtrain.device import amp_dtype_for, autocast, cudnn_benchmark, default_workers, resolve_device
 from segtrain.distributed import join_process_group, leave_process_group
 from segtrain.errors import ConfigError, UserError, unwrap_worker_errors
 from segtrain.fileio import write_json_atomic
-from segtrain.metrics import ConfusionMatrix, Scores
-from segtrain.model import build_model, state_dict_problems
+from segtrain.metrics import ConfusionMatrix, PerImageCounts, Scores
+from segtrain.model import build_model, head_logits, state_dict_problems
 from segtrain.progress import LINE_EVERY_SECONDS
 from segtrain.progress import progress as show_progress  # `progress` names a flag here
 
 CHECKPOINT = "checkpoint.pt"  # what segtrain.engine writes in a run dir
+PER_IMAGE_COUNTS = "per_image_counts.npz"  # and its final evaluation per image (segtrain.metrics.PerImageCounts)
 MULTI_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # TF DeepLab's model zoo's and mmsegmentation's img_ratios
 MODEL_FIELDS = ("model", "backbone", "output_stride", "aux_loss")  # config fields a checkpoint's weights depend on
 
@@ -145,17 +146,22 @@ def predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1
     mmsegmentation's test-time resize and torchvision's DeepLabV3 upsampling), the logits
     are resized back to the input size the same way, then softmax; a flipped pass sees the
     mirrored input and its output is mirrored back. The model must be in eval mode.
+
+    The network runs under autocast to `amp_dtype`; the upsampling of its logits and all
+    that follows run in float32, as on the CPU (bfloat16 logits upsampled in bfloat16 tie
+    at the argmax where float32 ones do not, so CUDA and CPU scores would differ). cuDNN's
+    autotuner is off: every new image size would be tuned again.
     """
-    with torch.inference_mode(), autocast(amp_dtype):
+    with torch.inference_mode(), cudnn_benchmark(False):
         if tuple(scales) == (1.0,) and not flip and not probabilities:
-            return model(images)["out"]
+            return _logits(model, images, amp_dtype)
         size = images.shape[-2:]
         total = None
         for scale in scales:
             scaled = images if scale == 1.0 else F.interpolate(
                 images, size=scaled_size(size, scale), mode="bilinear", align_corners=False)
             for mirrored in (False, True) if flip else (False,):
-                logits = model(scaled.flip(-1) if mirrored else scaled)["out"].float()
+                logits = _logits(model, scaled.flip(-1) if mirrored else scaled, amp_dtype)
                 if mirrored:
                     logits = logits.flip(-1)
                 if logits.shape[-2:] != size:
@@ -165,81 +171,104 @@ def predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1
         return total.div_(len(scales) * (2 if flip else 1))
 
 
+def _logits(model: nn.Module, images: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """float32 logits at the images' size: the network under autocast, the upsampling in float32
+    (on the CPU, without autocast, exactly the model's own forward)."""
+    with autocast(amp_dtype):
+        logits = head_logits(model, images)
+    return F.interpolate(logits.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def eval_loader(dataset: VOCSegmentation, device: torch.device, batch_size: int = 8, workers: int | None = 0,
+                persistent: bool = False) -> DataLoader:
+    """This process's share of `dataset` (all of it outside torch.distributed) in same-size batches,
+    uint8 as the workers decode them (pinned on CUDA); `loader.batch_sampler` lists each batch's
+    indices. `workers` None: segtrain.device.default_workers. `persistent`: the workers live as long
+    as the loader, for a run that evaluates several times (forking them anew costs seconds each time)."""
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    workers = default_workers(device) if workers is None else workers
+    return DataLoader(dataset, batch_sampler=same_size_batches(dataset.image_sizes, batch_size, rank, world_size),
+                      num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=persistent and workers > 0,
+                      generator=torch.Generator())  # its seed draw must not move the global RNG
+
+
 def predictions(model: nn.Module, dataset: VOCSegmentation, device: torch.device, *,
-                scales: Sequence[float] = (1.0,), flip: bool = False, batch_size: int = 8, workers: int = 0,
+                scales: Sequence[float] = (1.0,), flip: bool = False, batch_size: int = 8, workers: int | None = 0,
                 amp_dtype: torch.dtype | None = None, progress: bool = False
                 ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
     """(dataset indices, scores as `predict` gives them, masks) for each same-size batch of this
     process's share of `dataset` (all of it outside torch.distributed), on `device`."""
     model.eval()
-    for indices, images, masks in _same_size_batches_on(device, dataset, batch_size, workers, progress):
+    for indices, images, masks in _batches(eval_loader(dataset, device, batch_size, workers), progress):
+        images, masks = to_device(images, masks, device)
         yield indices, predict(model, images, scales, flip, amp_dtype), masks
 
 
 def evaluate_model(model: nn.Module, dataset: VOCSegmentation, device: torch.device, *,
-                   scales: Sequence[float] = (1.0,), flip: bool = False, batch_size: int = 8, workers: int = 0,
-                   amp_dtype: torch.dtype | None = None, progress: bool = False, crf: bool = False) -> Scores:
+                   scales: Sequence[float] = (1.0,), flip: bool = False, batch_size: int = 8, workers: int | None = 0,
+                   amp_dtype: torch.dtype | None = None, progress: bool = False, crf: bool = False,
+                   per_image: PerImageCounts | None = None, loader: DataLoader | None = None) -> Scores:
     """mIoU etc. of `model` (built at the protocol's output stride) over `dataset`, each image at
-    its own size; under torch.distributed every process calls it and gets the same Scores."""
-    batches = _same_size_batches_on(device, dataset, batch_size, workers, progress)
-    return score_batches(model, ((images, masks) for _, images, masks in batches), device,
-                         scales=scales, flip=flip, amp_dtype=amp_dtype, crf=crf)
+    its own size; under torch.distributed every process calls it and gets the same Scores.
+    `per_image` (rows: the dataset's indices) gets each image's counts as well. `loader`: an
+    `eval_loader` of `dataset` made earlier (a run's, kept between its evaluations), in place of one
+    made here from batch_size and workers."""
+    if loader is None:
+        loader = eval_loader(dataset, device, batch_size, workers)
+    return score_batches(model, _batches(loader, progress), device, scales=scales, flip=flip, amp_dtype=amp_dtype,
+                         crf=crf, per_image=per_image)
 
 
-def score_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, *,
-                  scales: Sequence[float] = (1.0,), flip: bool = False,
-                  amp_dtype: torch.dtype | None = None, crf: bool = False) -> Scores:
-    """mIoU etc. of `model` over (images, masks) batches, each of images of one size (summed over
-    processes under torch.distributed); with `crf`, each image's averaged softmax is refined by the
-    dense CRF in a pool of CPU processes (segtrain.crf.Refiner) before it is scored."""
+def score_batches(model: nn.Module, batches: Iterable[tuple[Sequence[int], torch.Tensor, torch.Tensor]],
+                  device: torch.device, *, scales: Sequence[float] = (1.0,), flip: bool = False,
+                  amp_dtype: torch.dtype | None = None, crf: bool = False,
+                  per_image: PerImageCounts | None = None) -> Scores:
+    """mIoU etc. of `model` over uint8 (dataset indices, images, masks) batches as eval_loader gives them,
+    each of images of one size, converted on `device` (summed over processes under torch.distributed, as
+    `per_image` is); with `crf`, each image's averaged softmax is refined by the dense CRF in a pool of CPU
+    processes (segtrain.crf.Refiner), which sees the photo's own uint8 pixels, before it is scored."""
     model.eval()
     matrix = ConfusionMatrix(NUM_CLASSES, device=device, ignore_index=IGNORE_INDEX)
-    scored = ((images, predict(model, images.to(device, non_blocking=True, memory_format=torch.channels_last),
-                               scales, flip, amp_dtype, probabilities=crf), masks.to(device, non_blocking=True))
-              for images, masks in batches)
+
+    def count(indices: Sequence[int], labels: torch.Tensor, masks: torch.Tensor) -> None:
+        matrix.update(labels, masks)
+        if per_image is not None:
+            per_image.update(indices, labels, masks)
+
+    def scored() -> Iterator[tuple[Sequence[int], torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for indices, images, masks in batches:
+            inputs, masks = to_device(images, masks, device)
+            yield indices, images, predict(model, inputs, scales, flip, amp_dtype, probabilities=crf), masks
+
     if crf:
         with dense_crf.Refiner() as refiner:
-            for mask, labels in refiner.labels(_crf_inputs(scored)):
-                matrix.update(torch.from_numpy(labels).to(mask.device)[None], mask[None])
+            for (index, mask), labels in refiner.labels(_crf_inputs(scored())):
+                count([index], torch.from_numpy(labels).to(mask.device)[None], mask[None])
     else:
-        for _, scores, masks in scored:
-            matrix.update(scores.argmax(dim=1), masks)
+        for indices, _, scores, masks in scored():
+            count(indices, scores.argmax(dim=1), masks)
     matrix.all_reduce()
+    if per_image is not None:
+        per_image.all_reduce()
     return matrix.compute()
 
 
-def _crf_inputs(scored: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-                ) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
-    """(mask, H x W x 3 uint8 RGB, classes x H x W float32 probabilities) per image, on the CPU."""
-    for images, probabilities, masks in scored:
-        rgb = rgb_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
-        for mask, image, image_probabilities in zip(masks, rgb, probabilities.float().cpu().numpy()):
-            yield mask, image, image_probabilities
+def _crf_inputs(scored: Iterable[tuple[Sequence[int], torch.Tensor, torch.Tensor, torch.Tensor]]
+                ) -> Iterator[tuple[tuple[int, torch.Tensor], np.ndarray, np.ndarray]]:
+    """((index, mask), H x W x 3 uint8 RGB, classes x H x W float32 probabilities) per image, on the CPU."""
+    for indices, images, probabilities, masks in scored:
+        rgb = images.permute(0, 2, 3, 1).cpu().numpy()
+        for index, mask, image, image_probabilities in zip(indices, masks, rgb, probabilities.float().cpu().numpy()):
+            yield (index, mask), image, image_probabilities
 
 
-def rgb_uint8(images: torch.Tensor) -> torch.Tensor:
-    """N x 3 x H x W images as the photo's uint8 RGB values: as they are, or back from eval_transform's
-    ImageNet normalisation (exact: the float error is far below half a level)."""
-    if images.dtype == torch.uint8:
-        return images
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float() * std + mean).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
-
-
-def _same_size_batches_on(device: torch.device, dataset: VOCSegmentation, batch_size: int, workers: int,
-                          progress: bool) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
-    """(indices, images, masks) of this process's share of `dataset` in same-size batches, on `device`,
-    with a progress bar."""
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    batches = same_size_batches(dataset.image_sizes, batch_size, rank, world_size)
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
-                        generator=torch.Generator())  # its seed draw must not move the global RNG
+def _batches(loader: DataLoader, progress: bool) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """(indices, images, masks) of an eval_loader's batches, with a progress bar."""
+    batches = loader.batch_sampler
     with show_progress(total=sum(map(len, batches)), unit="images", desc="eval", leave=False,
                        enabled=progress, every_seconds=LINE_EVERY_SECONDS) as bar:
         for indices, (images, masks) in zip(batches, unwrap_worker_errors(loader)):
-            yield (indices, images.to(device, non_blocking=True, memory_format=torch.channels_last),
-                   masks.to(device, non_blocking=True))
+            yield indices, images, masks
             bar.update(len(indices))
 
 
@@ -315,10 +344,12 @@ def evaluate_run(run_dir: str | Path, protocol: Protocol = PRESETS["ss"], *, dat
         raise ConfigError("eval_batch_size", f"must be >= 1, got {batch_size}")
     stem = "eval" if split == cfg.val_split else f"eval-{split}"
     out = Path(out) if out is not None else run_dir / f"{stem}-{protocol.name}.json"
+    counts_path = out.with_suffix(".npz")  # per image and class: TP, FP, FN (segtrain.metrics.PerImageCounts)
     key = {"run_dir": str(run_dir), "split": split, "checkpoint_step": step, "protocol": protocol.to_dict()}
     if reuse:
         previous = _read_result(out)
-        if all(previous.get(field) == key[field] for field in ("split", "checkpoint_step", "protocol")):
+        if all(previous.get(field) == key[field] for field in ("split", "checkpoint_step", "protocol")) \
+                and counts_path.is_file():
             return previous
     data_cfg = cfg.replace(data_root=str(data_root)) if data_root is not None else cfg
     dataset = VOCSegmentation(voc_dir_for(data_cfg), split, eval_transform())
@@ -330,15 +361,18 @@ def evaluate_run(run_dir: str | Path, protocol: Protocol = PRESETS["ss"], *, dat
         amp_dtype = amp_dtype_for(target)
         model = model.to(target, memory_format=torch.channels_last)
         started = time.perf_counter()
+        per_image = PerImageCounts(len(dataset), NUM_CLASSES, target, IGNORE_INDEX)
         scores = evaluate_model(model, dataset, target, scales=protocol.scales, flip=protocol.flip,
                                 batch_size=batch_size, workers=cfg.workers, amp_dtype=amp_dtype,
-                                progress=group.is_main, crf=protocol.crf)
+                                progress=group.is_main, crf=protocol.crf, per_image=per_image)
         result = {**key, "miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy,
                   "mean_class_accuracy": scores.mean_class_accuracy, "per_class_iou": scores.per_class_iou,
                   "images": len(dataset), "seconds": time.perf_counter() - started, "device": target.type,
                   "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype else None, "out": str(out),
+                  "per_image_counts": str(counts_path),
                   **({"crf_settings": dataclasses.asdict(dense_crf.DEEPLAB_V2)} if protocol.crf else {})}
         if group.is_main:
+            per_image.save(counts_path, dataset.ids)
             write_json_atomic(out, result)
     finally:
         leave_process_group(group)

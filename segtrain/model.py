@@ -198,3 +198,9 @@ def _preview(items: list[str], limit: int = 3) -> str:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def head_logits(model: DeepLabV3, images: torch.Tensor) -> torch.Tensor:
+    """The main head's logits at the backbone's resolution: the model's forward without its final
+    upsampling (which the caller may then run in float32) and without the auxiliary head."""
+    return model.classifier(model.backbone(images)["out"])

@@ -21,10 +21,9 @@ import PIL.ImageDraw
 import PIL.ImageFont
 import torch
 from torch import nn
-from torchvision import tv_tensors
 
 from segtrain.data.labels import CLASS_NAMES, VOC_PALETTE
-from segtrain.data.transforms import eval_transform
+from segtrain.data.transforms import images_to_device
 from segtrain.data.voc import mask_png
 from segtrain.device import amp_dtype_for
 from segtrain.errors import DataError, UserError
@@ -75,8 +74,8 @@ def read_rgb(path: Path) -> PIL.Image.Image:
 
 def predict_classes(model: nn.Module, image: PIL.Image.Image, protocol: Protocol, device: torch.device) -> np.ndarray:
     """Class ids (uint8, H x W) of one image; `model` in eval mode on `device`, at the protocol's output stride."""
-    pixels = tv_tensors.Image(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
-    batch = eval_transform()(pixels)[None].to(device, memory_format=torch.channels_last)
+    pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)  # uint8 3 x H x W, as a loader's
+    batch = images_to_device(pixels[None], device)
     scores = predict(model, batch, protocol.scales, protocol.flip, amp_dtype_for(device))
     return scores.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
 

@@ -1,25 +1,28 @@
 """What one configuration costs on this device: training and evaluation throughput, peak memory, FLOPs.
 
 The steps are the engine's own (`engine._Run`: its model, optimizer groups, AMP dtype
-and GradScaler, channels_last, loss with the auxiliary head), fed random batches of
-the configuration's crop as a loader that keeps up would: the data pipeline is not
-measured (docs/performance.md: a few loader workers feed a GPU). `_Run` is built on
-a two-image synthetic set, which it needs only to size its schedule.
+and GradScaler, channels_last, on-device conversion of uint8 batches, loss with the
+auxiliary head), fed random uint8 batches of the configuration's crop as a loader that
+keeps up would: the data pipeline is not measured (docs/performance.md: a few loader
+workers feed a GPU). `_Run` is built on a two-image synthetic set, which it needs only
+to size its schedule. Under the wsd schedule the measured peak includes the copy of
+the model and optimizer state that a decay branch holds.
 
 Peak memory means what must fit the device (segtrain.memory): on CUDA the most the
 caching allocator held; on CPU the growth of the process's peak resident set over its
 size before the model was built.
 
-Used by hpo.plan.probe (a study's cost corners) and benchmarks/scaling.py.
+Used by hpo.plan.probe (a study's cost corners), benchmarks/scaling.py and benchmarks/gpu.py.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,17 +62,15 @@ def measure_training(cfg: TrainConfig, steps: int, device: torch.device, cache_r
     probe_cfg = cfg.replace(synthetic=True, synthetic_train_images=2, synthetic_val_images=1,
                             synthetic_image_size=32, data_root=str(cache_root), pretrained=None, workers=0,
                             eval_points=1, epochs=(steps + 2) * cfg.batch_size / 2)  # the schedule outlasts the steps
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(cfg.batch_size, 3, cfg.crop_size, cfg.crop_size, generator=generator)
-    masks = torch.randint(0, NUM_CLASSES, (cfg.batch_size, cfg.crop_size, cfg.crop_size), generator=generator)
-    if device.type == "cuda":
-        images, masks = images.pin_memory(), masks.pin_memory()
+    images, masks = random_batch(cfg.batch_size, cfg.crop_size, cfg.crop_size, device)
     baseline = _start_peak(device)
-    run = None
+    run = branch_copy = None
     try:
         run = _Run(probe_cfg, device, ProcessGroup(), None, False)
         run.model.train()
         flops = counted_flops(lambda: run.train_step(images, masks))
+        if cfg.schedule == "wsd":  # what a decay branch holds while it trains: the state to go back to
+            branch_copy = copy.deepcopy(run.training_state())
         _synchronize(device)
         start = time.perf_counter()
         for _ in range(steps):
@@ -81,17 +82,26 @@ def measure_training(cfg: TrainConfig, steps: int, device: torch.device, cache_r
     except torch.OutOfMemoryError as error:
         return Throughput(None, None, str(error).splitlines()[0])
     finally:
-        del run
+        del run, branch_copy
         release_freed_memory(device)
 
 
-def measure_evaluation(cfg: TrainConfig, image_size: int, batches: int, device: torch.device) -> Throughput:
-    """Forward passes as the engine's evaluation runs them (segtrain.evaluation, single scale):
-    `batches` batches of cfg.eval_batch_size images of `image_size` pixels a side (after one
-    warm-up batch), confusion matrix included."""
+def random_batch(batch_size: int, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images and masks as a loader hands them over (pinned for the copy on CUDA)."""
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(cfg.eval_batch_size, 3, image_size, image_size, generator=generator)
-    masks = torch.randint(0, NUM_CLASSES, (cfg.eval_batch_size, image_size, image_size), generator=generator)
+    images = torch.randint(0, 256, (batch_size, 3, height, width), dtype=torch.uint8, generator=generator)
+    masks = torch.randint(0, NUM_CLASSES, (batch_size, height, width), dtype=torch.uint8, generator=generator)
+    if device.type == "cuda":
+        images, masks = images.pin_memory(), masks.pin_memory()
+    return images, masks
+
+
+def measure_evaluation(cfg: TrainConfig, batches: Sequence[tuple[int, int, int]], rounds: int,
+                       device: torch.device) -> Throughput:
+    """Forward passes as the engine's evaluation runs them (segtrain.evaluation, single scale,
+    confusion matrix included) on `batches`, (height, width, images) each: one warm-up round of
+    them, then `rounds` timed ones."""
+    data = [random_batch(count, height, width, device) for height, width, count in batches]
     amp_dtype = amp_dtype_for(device)
     baseline = _start_peak(device)
     model = None
@@ -99,12 +109,14 @@ def measure_evaluation(cfg: TrainConfig, image_size: int, batches: int, device: 
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.backbone, cfg.output_stride, NUM_CLASSES, None, cfg.aux_loss, cfg.model)
         model = model.to(device, memory_format=torch.channels_last)
-        score_batches(model, [(images, masks)], device, amp_dtype=amp_dtype)
+        batched = [(range(len(images)), images, masks) for images, masks in data]
+        score_batches(model, batched, device, amp_dtype=amp_dtype)
         _synchronize(device)
         start = time.perf_counter()
-        score_batches(model, [(images, masks)] * batches, device, amp_dtype=amp_dtype)  # host values: synchronised
+        score_batches(model, batched * rounds, device, amp_dtype=amp_dtype)  # host values: synchronised
         seconds = time.perf_counter() - start
-        return Throughput(batches * cfg.eval_batch_size / seconds, _peak_memory(device, baseline))
+        images = rounds * sum(count for _, _, count in batches)
+        return Throughput(images / seconds, _peak_memory(device, baseline))
     except torch.OutOfMemoryError as error:
         return Throughput(None, None, str(error).splitlines()[0])
     finally:

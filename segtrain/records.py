@@ -12,8 +12,8 @@ from typing import Any
 
 from segtrain.config import TrainConfig
 
-# fields that may differ between a checkpoint and the run resuming it
-RUNTIME_FIELDS = {"data_root", "device", "workers"}
+# fields that may differ between a checkpoint and the run resuming it: where and how fast, not what
+RUNTIME_FIELDS = {"data_root", "device", "workers", "compile"}
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ HELP = {
                 "the budget, and annealed scores at every evaluation from short decay branches)",
     "decay_fraction": "wsd: the decay's share of the budget, and of each branch's run",
     "decay_shape": "wsd: 1-sqrt, linear or cosine",
+    "workers": "DataLoader worker processes (default: on CUDA min(cores per GPU process - 1, 8), on the CPU 0)",
+    "compile": "torch.compile the training model (minutes of compilation first; checkpoints stay eager)",
 }
 
 
@@ -54,7 +56,9 @@ def build_parser() -> ArgumentParser:
     for name in field_names():
         kind = field_type(name)
         flag = "--" + name.replace("_", "-")
-        text = f"{HELP.get(name, '')} (default: {getattr(defaults, name)})".lstrip()
+        text = HELP.get(name, "")
+        if "(default:" not in text:
+            text = f"{text} (default: {getattr(defaults, name)})".lstrip()
         if kind is bool:
             fields.add_argument(flag, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=text)

@@ -24,6 +24,7 @@ from tests.conftest import VOC_SAMPLE
 
 NAME = "kept"
 VOC_TRAIN = 'synthetic = false\ntrain_split = "train"\nval_split = "val"\npretrained = "none"\ndevice = "cpu"\n'
+CHEAP_RUN = "crop_size = 33\nepochs = 1.0\neval_points = 1\nworkers = 0\n"  # where a check that is missing would train
 
 
 def snapshot(storage: str) -> tuple:
@@ -104,6 +105,15 @@ CASES: dict[str, tuple[Callable[[Path, str], list[str]], str]] = {
     "unwritable --output-dir": (output_dir_in_a_file, "scratch/kept: cannot write outputs there"),
     "budget without a probe": (lambda tmp, storage: ["--budget-hours", "3"],
                                "a budget needs the probe of this spec (no probe at runs/kept/probe.json)"),
+    # splits compared by their image ids, not their names (a synthetic set is made first, then compared)
+    "VOC trainval scored on val": (
+        lambda tmp, storage: ["--study", str(variant(tmp, storage, train=VOC_TRAIN.replace(
+            'train_split = "train"', 'train_split = "trainval"') + CHEAP_RUN)), "--data-root", str(voc_copy(tmp))],
+        "[train]: train_split 'trainval' and val_split 'val' share 1 of the 1 val image ids"),
+    "synthetic train_aug scored on holdout": (
+        lambda tmp, storage: ["--study", str(variant(tmp, storage, train=CHEAP_TRAIN
+                                                     + 'train_split = "train_aug"\nval_split = "holdout"\n'))],
+        "[train]: train_split 'train_aug' and val_split 'holdout' share 1 of the 1 val image ids"),
     "several workers, one line": (lambda tmp, storage: [*voc_spec(tmp, storage), "--workers", "3",
                                                         "--data-root", str(tmp / "nowhere")],
                                   "nowhere is not a directory"),

@@ -38,11 +38,10 @@ def test_sample_pairs_load_with_readme_counts():
     dataset = VOCSegmentation(SAMPLE_VOC_DIR, "trainval")
     assert dataset.ids == list(SAMPLE)
     for index, (size, counts) in enumerate(SAMPLE.values()):
-        image, mask = dataset[index]
-        assert image.dtype == torch.float32 and image.shape == (3, *size)
-        assert mask.dtype == torch.int64 and mask.shape == size
+        image, mask = dataset[index]  # as decoded: the device converts and normalises (transforms.to_device)
+        assert image.dtype == torch.uint8 and image.shape == (3, *size)
+        assert mask.dtype == torch.uint8 and mask.shape == size
         assert value_counts(mask) == counts
-        assert abs(float(image.mean())) < 2  # normalised, not 0-255
 
 
 def test_check_reports_sample_counts_per_split():
@@ -229,6 +228,29 @@ def test_seeded_item_is_a_function_of_index_and_seed():
     torch.manual_seed(1)
     dataset[1, 42]
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left untouched
+
+
+def test_per_sample_seeding_touches_only_the_cpu_generator(monkeypatch: pytest.MonkeyPatch):
+    """With workers = 0 the samples load in the training process: seeding each one with torch.manual_seed
+    would reset every CUDA generator too (dropout masks, the checkpointed CUDA RNG). The crops and flips
+    stay those that torch.manual_seed gave."""
+    dataset = VOCSegmentation(SAMPLE_VOC_DIR, "trainval", train_transform(64))
+    expected = []
+    for seed in (42, 43):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # how samples were seeded before
+            expected.append(dataset.transform(*dataset.load(1)))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a sample's seeding reached beyond the CPU generator")
+
+    monkeypatch.setattr(torch, "manual_seed", forbidden)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", forbidden)
+    monkeypatch.setattr(torch.cuda, "manual_seed", forbidden)
+    for seed, (image, mask) in zip((42, 43), expected):
+        got_image, got_mask = dataset[1, seed]
+        assert torch.equal(got_image, image) and torch.equal(got_mask, mask)
+    assert not torch.equal(expected[0][0], expected[1][0])
 
 
 def test_image_sizes_come_from_the_jpeg_headers(tmp_path: Path):

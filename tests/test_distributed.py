@@ -1,5 +1,5 @@
 """torchrun with 2 CPU processes (gloo) trains like one process with the same total batch,
-and evaluates every image as one process does.
+and evaluates every image as one process does (its per-image counts too).
 
 The draws are the same by construction (TrainStream; its split is tested in
 test_sampling.py), BatchNorm statistics and dropout masks cover the whole batch,
@@ -24,7 +24,7 @@ from segtrain.data.synthetic import write_synthetic_voc
 from segtrain.data.voc import VOCSegmentation
 from segtrain.engine import CHECKPOINT, train
 from segtrain.evaluation import predictions
-from segtrain.metrics import ConfusionMatrix
+from segtrain.metrics import ConfusionMatrix, PerImageCounts
 from segtrain.records import EvalResult
 from tests.conftest import random_deeplab
 
@@ -93,7 +93,7 @@ def test_two_processes_train_like_one_with_the_whole_batch(synthetic_voc, one_pr
     assert rank_output(logs, 0, "stdout").count("val mIoU") == 1
     assert rank_output(logs, 0, "stderr").count("eval 2/2") == 1
     assert rank_output(logs, 1, "stdout") == rank_output(logs, 1, "stderr") == ""
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json", "result.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json", "per_image_counts.npz", "result.json"]
 
 
 def test_two_processes_resume_a_checkpoint_and_finish_like_one(synthetic_voc, one_process, tmp_path):
@@ -135,6 +135,7 @@ import torch
 from segtrain.data.voc import VOCSegmentation
 from segtrain.distributed import join_process_group, leave_process_group
 from segtrain.evaluation import evaluate_model, predictions
+from segtrain.metrics import PerImageCounts
 from tests.conftest import random_deeplab
 
 torch.set_num_threads(1)
@@ -143,7 +144,10 @@ model, dataset, out = random_deeplab(), VOCSegmentation(sys.argv[1], "val"), sys
 scores = {index: value for indices, batch, _ in predictions(model, dataset, torch.device("cpu"), batch_size=8)
           for index, value in zip(indices, batch)}
 torch.save(scores, f"{out}/rank{group.rank}.pt")
-print(json.dumps(dataclasses.asdict(evaluate_model(model, dataset, torch.device("cpu"), batch_size=8))))
+counts = PerImageCounts(len(dataset), 21)
+print(json.dumps(dataclasses.asdict(evaluate_model(model, dataset, torch.device("cpu"), batch_size=8,
+                                                   per_image=counts))))
+torch.save(counts.counts, f"{out}/counts{group.rank}.pt")
 leave_process_group(group)
 """
 
@@ -158,12 +162,15 @@ def test_two_processes_score_every_image_as_one_process_does(tmp_path):
     dataset, threads = VOCSegmentation(voc_dir, "val"), torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        alone, matrix = {}, ConfusionMatrix(21)
+        alone, matrix, counts = {}, ConfusionMatrix(21), PerImageCounts(len(dataset), 21)
         for indices, batch, masks in predictions(random_deeplab(), dataset, torch.device("cpu"), batch_size=1):
             alone[indices[0]] = batch[0]
             matrix.update(batch.argmax(dim=1), masks)
+            counts.update(indices, batch.argmax(dim=1), masks)
     finally:
         torch.set_num_threads(threads)
+    for rank in (0, 1):  # each process scored half the images; summed, both hold every image's counts
+        assert torch.equal(torch.load(tmp_path / f"counts{rank}.pt"), counts.counts)
     for index, scores in {**shares[0], **shares[1]}.items():
         torch.testing.assert_close(scores, alone[index], rtol=1e-4, atol=1e-4)  # float32 rounding: test_evaluation
         assert torch.equal(scores.argmax(0), alone[index].argmax(0))

@@ -11,21 +11,33 @@ import math
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torchvision.models.segmentation.deeplabv3 import DeepLabV3
 
 import segtrain.engine
+from hpo.report.stats import miou_from_counts
+import segtrain.evaluation as evaluation
+from hpo.spec import load_spec
+from segtrain import sharedmem
 from segtrain.budget import Budget
 from segtrain.config import TrainConfig
 from segtrain.data.synthetic import write_synthetic_voc
+from segtrain.data.voc import VOCSegmentation
+from segtrain.distributed import ProcessGroup
 from segtrain.engine import CHECKPOINT, _Run, changed_fields, train
 from segtrain.errors import UserError
+from segtrain.evaluation import PER_IMAGE_COUNTS
 from segtrain.memory import peak_memory_bytes
+from segtrain.metrics import read_per_image_counts
 from segtrain.optim import decay_branch_lrs
 from segtrain.records import EvalResult, TrainingDiverged, TrainResult
+from segtrain.train import build_parser
 
 
 class Stop(Exception):
@@ -67,6 +79,9 @@ def test_run_dir_holds_config_result_and_checkpoint(uninterrupted):
     assert TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())) == result.config
     stored = TrainResult.from_dict(json.loads((run_dir / "result.json").read_text()))
     assert stored == result
+    ids, counts = read_per_image_counts(run_dir / PER_IMAGE_COUNTS)  # the final evaluation, image by image
+    assert ids == VOCSegmentation(result.config.data_root, result.config.val_split).ids
+    assert float(miou_from_counts(counts.sum(axis=0))) == pytest.approx(result.final_miou, abs=1e-12)
     assert not list(run_dir.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 
@@ -137,6 +152,104 @@ def test_nan_loss_stops_with_step_and_lr(synthetic_voc):
     assert 1 <= caught.value.step <= 4  # noticed by the first evaluation at the latest
     assert caught.value.lr > 1e11
     assert "at step" in str(caught.value)
+
+
+class TinyBackbone(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": torch.relu(self.norm(self.conv(images)))}
+
+
+def tiny_deeplab(*args, **kwargs) -> DeepLabV3:
+    """A stand-in for build_model's DeepLabV3 (torchvision's class, a one-layer backbone): milliseconds a step."""
+    return DeepLabV3(TinyBackbone(), nn.Conv2d(8, 21, 1))
+
+
+@pytest.fixture(scope="module")
+def compiled_run(synthetic_voc, module_tmp):
+    """A compile = true run of the tiny stand-in, torch.compile's tracing kept (its "eager" backend: the
+    same wrapper and its `_orig_mod.` keys, without the minutes of code generation a CPU takes).
+    Records what each training forward and each evaluation ran on, and cuDNN's autotuner flag then."""
+    real_compile, real_head_logits, real_eval_loader = torch.compile, evaluation.head_logits, evaluation.eval_loader
+    compiled, evaluated, loaders = [], [], []
+    training_calls: list[bool] = []
+
+    def compile_eagerly(model, **kwargs):
+        wrapper = real_compile(model, backend="eager")
+        wrapper.register_forward_pre_hook(lambda module, args: training_calls.append(torch.backends.cudnn.benchmark))
+        compiled.append(wrapper)
+        return wrapper
+
+    def recording_head_logits(model, images):
+        evaluated.append((model, torch.backends.cudnn.benchmark))
+        return real_head_logits(model, images)
+
+    def counting_eval_loader(*args, **kwargs):
+        loaders.append(kwargs)
+        return real_eval_loader(*args, **kwargs)
+
+    run_dir = module_tmp("compiled")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(segtrain.engine, "build_model", tiny_deeplab)
+        patch.setattr(torch, "compile", compile_eagerly)
+        patch.setattr(evaluation, "head_logits", recording_head_logits)
+        patch.setattr(segtrain.engine, "eval_loader", counting_eval_loader)
+        result = train(tiny(synthetic_voc, compile=True), run_dir=run_dir)
+    return result, run_dir, compiled, training_calls, evaluated, loaders
+
+
+def test_compile_trains_the_compiled_module_and_checkpoints_the_eager_ones_keys(compiled_run):
+    result, run_dir, compiled, training_calls, evaluated, _ = compiled_run
+    assert len(compiled) == 1 and len(training_calls) == result.steps == 8  # every step through the compiled one
+    eager = compiled[0]._orig_mod
+    assert [model for model, _ in evaluated] == [eager] * 2  # one batch of 4 val images at each of 2 evaluations
+    saved = torch.load(run_dir / CHECKPOINT, weights_only=True)["model"]
+    assert list(saved) == list(eager.state_dict()) and not any(key.startswith("_orig_mod.") for key in saved)
+    tiny_deeplab().load_state_dict(saved)  # loadable without compile
+    assert json.loads((run_dir / "config.json").read_text())["compile"] is True
+    assert changed_fields({**result.config.to_dict(), "compile": False}, result.config) == []  # resumable either way
+
+
+def test_compile_is_a_flag_and_a_spec_setting():
+    assert TrainConfig().compile is False
+    assert vars(build_parser().parse_args(["--compile"]))["compile"] is True
+    demo = Path(segtrain.engine.__file__).parents[1] / "studies" / "demo.toml"
+    assert load_spec(demo).with_train(compile=True).train_config().compile is True
+
+
+def test_cudnn_autotunes_training_steps_and_not_evaluations(compiled_run):
+    _, _, _, training_calls, evaluated, _ = compiled_run
+    assert set(training_calls) == {True} and {benchmark for _, benchmark in evaluated} == {False}
+
+
+def test_the_eval_loader_is_made_once_a_run_with_persistent_workers(compiled_run, synthetic_voc):
+    _, _, _, _, _, loaders = compiled_run
+    assert len(loaders) == 1 and loaders[0]["persistent"] is True  # two evaluations, one loader
+    dataset = VOCSegmentation(synthetic_voc, "val")
+    assert evaluation.eval_loader(dataset, torch.device("cpu"), 4, 1, persistent=True).persistent_workers
+    assert not evaluation.eval_loader(dataset, torch.device("cpu"), 4, 0, persistent=True).persistent_workers
+
+
+def test_short_shared_memory_stops_the_run_before_any_loader_starts(synthetic_voc, tmp_path, monkeypatch):
+    monkeypatch.setattr(sharedmem.sys, "platform", "linux")
+    monkeypatch.setattr(sharedmem, "free_bytes", lambda path=sharedmem.SHM: 2 ** 16)
+    monkeypatch.setattr(segtrain.engine, "build_model", tiny_deeplab)
+    monkeypatch.setattr(_Run, "train_loader", lambda self: pytest.fail("a loader started"))
+    with pytest.raises(UserError, match=r"/dev/shm has 0 MiB free, but 1 loader workers .* --shm-size="):
+        train(tiny(synthetic_voc, workers=1), run_dir=tmp_path)
+    assert not (tmp_path / CHECKPOINT).exists()
+
+
+def test_unset_workers_are_the_hosts_default(synthetic_voc, monkeypatch):
+    monkeypatch.setattr(segtrain.engine, "build_model", tiny_deeplab)
+    cpu = torch.device("cpu")
+    run = _Run(tiny(synthetic_voc, workers=None), cpu, ProcessGroup(), None, False)
+    assert run.workers == 0 and run.eval_loader.num_workers == 0  # CPU: load in the training process
+    monkeypatch.setattr(segtrain.engine, "default_workers", lambda device: 2)
+    assert _Run(tiny(synthetic_voc, workers=None), cpu, ProcessGroup(), None, False).train_loader().num_workers == 2
 
 
 @pytest.mark.parametrize("batch_size", [2, 4, 8, 16])
@@ -318,8 +431,8 @@ def test_checkpoints_and_results_from_before_the_wsd_schedule_still_load(uninter
     del old["branch_steps"]
     for key in ("schedule", "decay_fraction", "decay_shape"):
         del old["config"][key]
-    for evaluation in old["history"]:
-        del evaluation["decay_steps"], evaluation["branch_epochs"]
+    for entry in old["history"]:
+        del entry["decay_steps"], entry["branch_epochs"]
     assert TrainResult.from_dict(old) == expected  # result.json; a checkpoint's history reads the same
     assert changed_fields(old["config"], expected.config) == []  # resume accepts the checkpoint
     assert changed_fields(old["config"], expected.config.replace(schedule="wsd")) == ["schedule"]

@@ -11,26 +11,32 @@ compared to within 1e-4 (absolute and relative) and the predictions must be iden
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.segmentation.deeplabv3 import DeepLabV3
 
 import segtrain.evaluation as evaluation
+from hpo.report.stats import miou_from_counts
 from segtrain.cli import run
 from segtrain.config import TrainConfig
 from segtrain.data.labels import IGNORE_INDEX
 from segtrain.data.synthetic import write_synthetic_voc
+from segtrain.data.transforms import to_device
 from segtrain.data.voc import VOCSegmentation
 from segtrain.engine import CHECKPOINT, train
 from segtrain.errors import ConfigError
 from segtrain.evaluate import main
 from segtrain.evaluation import (
+    PER_IMAGE_COUNTS,
     PRESETS,
     Protocol,
     evaluate_model,
@@ -39,7 +45,7 @@ from segtrain.evaluation import (
     predictions,
     same_size_batches,
 )
-from segtrain.metrics import ConfusionMatrix
+from segtrain.metrics import ConfusionMatrix, read_per_image_counts
 from tests.conftest import random_deeplab
 
 CPU = torch.device("cpu")
@@ -98,10 +104,16 @@ def test_same_size_batches_group_equal_sizes_and_share_images_out_by_rank():
         assert all(len({sizes[index] for index in batch}) == 1 and len(batch) <= 2 for batch in share)
 
 
+def model_input(dataset: VOCSegmentation, index: int) -> torch.Tensor:
+    """Image `index` of `dataset` as a batch of one, as evaluation hands it to the model."""
+    image, mask = dataset[index]
+    return to_device(image[None], mask[None], CPU)[0]
+
+
 def test_an_images_prediction_does_not_depend_on_its_batch_mates(mixed_val):
     model = random_deeplab()
     with torch.inference_mode():  # each image alone, as a batch of one
-        alone = {index: model(mixed_val[index][0][None])["out"][0] for index in range(len(mixed_val))}
+        alone = {index: model(model_input(mixed_val, index))["out"][0] for index in range(len(mixed_val))}
     assert len(torch.cat([scores.argmax(0).flatten() for scores in alone.values()]).unique()) > 3
     for batch_size in (1, 8):
         assert_same_predictions(scores_by_image(model, mixed_val, batch_size=batch_size), alone)
@@ -112,24 +124,32 @@ def test_an_images_prediction_does_not_depend_on_its_batch_mates(mixed_val):
     # averages over the padding, and the prediction changes: the check above would see it
     small, large = sorted(range(len(mixed_val)), key=lambda index: mixed_val.image_sizes[index])[::len(mixed_val) - 1]
     (height, width), (large_height, large_width) = mixed_val.image_sizes[small], mixed_val.image_sizes[large]
-    padded = F.pad(mixed_val[small][0], (0, large_width - width, 0, large_height - height))
+    padded = F.pad(model_input(mixed_val, small), (0, large_width - width, 0, large_height - height))
     with torch.inference_mode():
-        beside_large = model(torch.stack([padded, mixed_val[large][0]]))["out"][0, :, :height, :width]
+        beside_large = model(torch.cat([padded, model_input(mixed_val, large)]))["out"][0, :, :height, :width]
     assert not torch.equal(beside_large.argmax(0), alone[small].argmax(0))
 
 
-class TinySegmenter(nn.Module):
-    """A convolution at half resolution plus an image-pooling term: its output depends on the
-    input's scale and on left-right flips, which is all the multi-scale test needs."""
+class HalfResolution(nn.Module):
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": F.avg_pool2d(images, 2)}
 
+
+class ConvolutionAndPooling(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 21, 3, padding=1)
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.conv(F.avg_pool2d(images, 2))
-        features = features + features.mean(dim=(2, 3), keepdim=True)
-        return {"out": F.interpolate(features, size=images.shape[-2:], mode="bilinear", align_corners=False)}
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        features = self.conv(features)
+        return features + features.mean(dim=(2, 3), keepdim=True)
+
+
+def TinySegmenter() -> DeepLabV3:
+    """A DeepLabV3 (torchvision's class: backbone, head, upsampling) whose backbone halves the resolution and
+    whose head is a convolution plus an image-pooling term: its output depends on the input's scale and on
+    left-right flips, which is all the multi-scale test needs."""
+    return DeepLabV3(HalfResolution(), ConvolutionAndPooling())
 
 
 def test_multi_scale_and_flip_average_the_probabilities_at_the_input_size(mixed_val):
@@ -138,7 +158,7 @@ def test_multi_scale_and_flip_average_the_probabilities_at_the_input_size(mixed_
     expected = {}
     with torch.inference_mode():
         for index in range(len(mixed_val)):
-            image = mixed_val[index][0][None]
+            image = model_input(mixed_val, index)
             height, width = image.shape[-2:]  # every synthetic side is even: 0.5 and 1.5 give whole pixels
             passes = []
             for size in ((height // 2, width // 2), (height, width), (height * 3 // 2, width * 3 // 2)):
@@ -151,6 +171,27 @@ def test_multi_scale_and_flip_average_the_probabilities_at_the_input_size(mixed_
     assert_same_predictions(got, expected)
     single = scores_by_image(model, mixed_val, batch_size=8)
     assert any(not torch.equal(got[index].argmax(0), single[index].argmax(0)) for index in got)  # it matters
+
+
+def test_under_autocast_the_logits_are_upsampled_and_compared_in_float32(mixed_val, monkeypatch):
+    """CUDA autocast, played by the CPU's bfloat16 autocast: the network computes in bfloat16, but
+    the scores evaluation takes the argmax of are float32 logits upsampled in float32. Upsampled in
+    bfloat16 (the model's own forward under autocast) they come out coarser, and ties differ."""
+    monkeypatch.setattr(evaluation, "autocast",
+                        lambda dtype: torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext())
+    torch.manual_seed(0)
+    model = TinySegmenter().eval()
+    images = model_input(mixed_val, 0)
+    scores = evaluation.predict(model, images, amp_dtype=torch.bfloat16)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low_resolution = model.classifier(model.backbone(images)["out"])
+        in_bfloat16 = model(images)["out"]
+    assert low_resolution.dtype == torch.bfloat16 and in_bfloat16.dtype == torch.bfloat16  # autocast is on
+    assert scores.dtype == torch.float32 and scores.shape == in_bfloat16.shape
+    assert torch.equal(scores, F.interpolate(low_resolution.float(), size=images.shape[-2:], mode="bilinear",
+                                             align_corners=False))
+    assert len(scores.unique()) > 2 * len(in_bfloat16.unique())
+    assert torch.equal(evaluation.predict(model, images), model(images)["out"])  # without autocast: the forward
 
 
 def test_the_void_band_is_ignored_by_the_metric(synthetic_voc):
@@ -191,7 +232,7 @@ def test_output_stride_8_at_eval_on_an_os16_checkpoint(tiny_run):
         assert all(torch.equal(value, trained[key]) for key, value in model.state_dict().items())
 
 
-def test_cli_evaluates_a_run_like_training_did_and_records_the_protocol(tiny_run, capsys):
+def test_cli_evaluates_a_run_like_training_did_and_records_the_protocol(tiny_run, synthetic_voc, capsys):
     assert run(main, ["--run", str(tiny_run), "--eval-batch-size", "3"]) == 0
     line = capsys.readouterr().out
     result = json.loads((tiny_run / "eval-os16.json").read_text())
@@ -203,6 +244,13 @@ def test_cli_evaluates_a_run_like_training_did_and_records_the_protocol(tiny_run
     assert (result["split"], result["images"], result["checkpoint_step"]) == ("val", 4, 1)
     assert result["seconds"] > 0 and 0 <= result["pixel_accuracy"] <= 1
     assert line.count("\n") == 1 and f"val mIoU {result['miou']:.4f}" in line and "eval-os16.json" in line
+    # per image and class TP, FP, FN beside it, the same as training's own final evaluation kept
+    assert result["per_image_counts"] == str(tiny_run / "eval-os16.npz")
+    ids, counts = read_per_image_counts(tiny_run / "eval-os16.npz")
+    own_ids, own_counts = read_per_image_counts(tiny_run / PER_IMAGE_COUNTS)
+    assert ids == own_ids == VOCSegmentation(synthetic_voc, "val").ids
+    assert np.array_equal(counts, own_counts) and counts.shape == (4, 21, 3)
+    assert float(miou_from_counts(counts.sum(axis=0))) == pytest.approx(result["miou"], abs=1e-12)
 
     assert run(main, ["--run", str(tiny_run), "--output-stride", "8", "--flip"]) == 0
     flipped = json.loads((tiny_run / "eval-os8-flip.json").read_text())
@@ -223,6 +271,9 @@ def test_evaluate_run_reuses_a_result_of_the_same_checkpoint_and_protocol(tiny_r
     assert evaluate_run(tiny_run, PRESETS["ss"], out=out, reuse=True) == first
     with pytest.raises(Evaluated):  # another protocol is evaluated anew
         evaluate_run(tiny_run, PRESETS["os8"], out=out, reuse=True)
+    out.with_suffix(".npz").unlink()
+    with pytest.raises(Evaluated):  # and so is a result whose per-image counts are gone
+        evaluate_run(tiny_run, PRESETS["ss"], out=out, reuse=True)
 
 
 def copy_run(tiny_run: Path, target: Path, checkpoint: bool = True, **config_changes) -> Path:

@@ -284,9 +284,15 @@ def test_comparisons_are_paired_by_seed_with_scipys_numbers(finalized):
         # the exact sign-flip p: the share of the 4 sign assignments whose |mean| reaches the observed one
         flips = [abs(s0 * d[0] + s1 * d[1]) >= abs(d[0] + d[1]) - 1e-12 for s0 in (1, -1) for s1 in (1, -1)]
         assert c["p_permutation"] == pytest.approx(sum(flips) / 4)
-        assert c["p_holm"] == (None if c["family"] == "pretrained vs scratch" else pytest.approx(c["p"]))
-        decisive = c["p_holm"] if c["p_holm"] is not None else c["p"]
+        p = c["p"] if c["p"] is not None else c["p_permutation"]  # no spread: the exact sign-flip p decides
+        assert c["p_holm"] == (None if c["family"] == "pretrained vs scratch" else pytest.approx(p))
+        decisive = c["p_holm"] if c["p_holm"] is not None else p
         assert c["verdict"] == ("inconclusive" if decisive >= 0.05 else "better" if c["difference"] > 0 else "worse")
+        assert c["family_size"] == 1 and c["mdd_alpha"] == 0.05 and c["diverged"] == {}
+        assert c["bootstrap"]["runs"] == 2 and c["bootstrap"]["images"] == 4  # over the 4 val images
+        assert c["bootstrap"]["difference"] == pytest.approx(c["difference"])
+    assert {c["verdict"] for c in data["comparisons"] if c["protocol"] == "os8"} == {"descriptive"}  # not primary
+    assert all(c["bootstrap"] for c in data["comparisons"])  # os8's from RUN/eval-os8.npz
     rank = data["rank_agreement"]
     tops = [c for c in data["configurations"] if c["configuration"] in ("top-1", "top-2")]
     tau = scipy.stats.kendalltau([c["search_value"] for c in tops], [c["miou"]["mean"] for c in tops]).statistic
@@ -345,10 +351,20 @@ def test_report_has_the_table_comparisons_factors_importance_and_published_figur
         assert re.search(rf"^\| {re.escape(name)} +\| .*\| 2/2 +\| {means[name]['mean']:.4f} ± "
                          rf"{means[name]['std']:.4f} +\| \[{low:.4f}, {high:.4f}\] +\|", report, re.M), name
     assert "The search selected its configurations on `val`, the split this table reports" in report
+    # finalize's seeds 0, 1 include the search's seed 0: said once, and recorded
+    assert report.count("Seed 0 is also the seed every search trial trained with") == 1
+    assert (data["search_seed"], data["seeds_shared_with_search"], data["primary_protocol"]) == (0, [0], "ss")
     comparisons = {(c["a"], c["b"]): c for c in data["comparisons"] if c["protocol"] == "ss"}
     for (a, b), c in comparisons.items():  # each comparison's sentence says its verdict, seeds and numbers
-        assert f"`{a}` vs `{b}`: {c['verdict']} at 2 seeds, {c['difference']:+.4f} mIoU ss (95% CI " \
-               f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]; paired t p = {c['p']:.3g}" in report
+        if c["p"] is not None:
+            assert f"`{a}` vs `{b}`: {c['verdict']} at 2 seeds, {c['difference']:+.4f} mIoU ss (95% CI over seeds " \
+                   f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]; paired t p = {c['p']:.3g}" in report
+        else:
+            assert f"`{a}` vs `{b}`: {c['verdict']} at 2 seeds, {c['difference']:+.4f} mIoU ss on every seed " \
+                   "(no spread" in report
+        low, high = c["bootstrap"]["ci95"]
+        assert f"over val images (paired bootstrap, 4 images, 2 runs an arm) 95% CI [{low:+.4f}, {high:+.4f}]" \
+            in report
     r101 = report.split("## ResNet-101: ImageNet-pretrained vs from scratch")[1].split("\n## ")[0]
     assert "At this budget (1 epochs pretrained, 1 from scratch) and with these recipes, `r101-imagenet` vs " \
            f"`r101-scratch`: {comparisons['r101-imagenet', 'r101-scratch']['verdict']} at 2 seeds" in r101
@@ -365,7 +381,9 @@ def test_report_has_the_table_comparisons_factors_importance_and_published_figur
     rank = report.split("## Did the search's ranking hold at full budget?")[1].split("\n## ")[0]
     tau = data["rank_agreement"]["tau"]
     assert ("Kendall's tau is undefined over top-1, top-2" in rank if tau is None else
-            re.search(rf"Kendall's tau = {tau:+.2f} \(n = 2, p = 1\)", rank)) and "schedule `poly`" in rank
+            re.search(rf"Kendall's tau = {tau:+.2f} \(n = 2, two-sided p = 1, exact", rank))
+    assert "schedule `poly`" in rank
+    assert "A tau near 1" not in rank
     assert "winner's curse" in rank
     assert "## Search summary" in report and "study fin: 2 complete (0 diverged), 0 pruned, 0 failed" in report
     cost = report.split("## Cost and accuracy")[1].split("\n## ")[0]
@@ -379,8 +397,9 @@ def test_report_has_the_table_comparisons_factors_importance_and_published_figur
         assert re.search(rf"^\| {param} +\| trials at 1st eval +\|", factors, re.M), param
     assert "Observational, not controlled" in factors and "Kendall tau" in factors
     importance = report.split("## Parameter importance")[1].split("\n## ")[0]
-    assert "PED-ANOVA" in importance and "the 2 complete trials (final score)" in importance
-    assert "the 2 trials that reached the first evaluation, complete and pruned (score there)" in importance
+    assert "PED-ANOVA" in importance and "the 2 feasible complete trials (final score)" in importance
+    assert "the 2 feasible trials that reached the first evaluation, complete and pruned (score there)" in importance
+    assert "target_quantile 0.5: a top set of 1" in importance
     assert re.search(r"^\| (lr|optimizer|momentum) +\| \d\.\d{3} +\| \d\.\d{3} +\|", importance, re.M)
     published = report.split("## Published reference figures (not measured here)")[1]
     assert "77.21" in published and "arxiv.org/abs/1706.05587" in published and "synthetic" in published
@@ -544,6 +563,8 @@ def test_weights_unavailable_is_that_rows_status_and_everything_else_completes(f
                                                      "(it holds: empty)"),
     (["--storage", "sqlite:///runs/empty/study.db", "--study", "empty.toml"],
      "study 'empty' in sqlite:///runs/empty/study.db has no complete feasible trial"),
+    (["--study", "overlap.toml"],  # differently named splits that share images: compared by id, before training
+     "overlap.toml: [finalize]: train_split 'trainval' and val_split 'val' share 4 of the 4 val image ids"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, words, spec, workdir):
     torch.save({"conv1.weight": torch.zeros(1)}, workdir / "foreign.pth")
@@ -552,6 +573,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, words, spec, workdir):
     if not empty.trials:
         empty.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))
     (workdir / "empty.toml").write_text(spec.read_text().replace('name = "fin"', 'name = "empty"'))
+    (workdir / "overlap.toml").write_text(spec.read_text().replace("top_k = 2", 'top_k = 2\ntrain_split = "trainval"'))
     argv = argv if "--study" in argv else ["--study", str(spec), *argv]
     code, _, err = quiet(argv)
     assert code == 2 and words in err and err.count("\n") == 1, err

@@ -21,7 +21,9 @@ from hpo.plan.cost import CostModel
 from hpo.plan.estimate import Estimator
 from hpo.spec import load_spec
 from segtrain import crf
+from segtrain import profile
 from segtrain.cli import run
+from segtrain.config import TrainConfig
 
 DEMO = REPO / "studies" / "demo.toml"
 SECONDS_PER_IMAGE = 0.1  # training; evaluation a hundredth of it (write_probe)
@@ -83,8 +85,7 @@ def test_a_variant_and_the_crf_protocol_are_priced_from_their_own_figures(workdi
     its own (on the space's backbone: it retrains the best configuration, never ResNet-101), here at twice
     V3's seconds an image, and its row is priced from them; every run's crf scoring adds segtrain.crf's
     CPU-seconds for its val images, shared over the pool's processes."""
-    text = DEMO.read_text().replace('\neval = ["ss", "os8"]\n',
-                                    '\neval = ["ss", "os8", "crf"]\nvariants = ["deeplabv3plus"]\n')
+    text = DEMO.read_text().replace('\neval = ["ss", "os8"]', '\nvariants = ["deeplabv3plus"]\neval = ["ss", "os8", "crf"]', 1)
     assert text != DEMO.read_text()
     (workdir / "demo-family.toml").write_text(text)
     output_dir = workdir / "demo-family"
@@ -128,7 +129,7 @@ def test_a_budget_cut_proposes_a_spec_that_parses_and_fits(demo, workdir, capsys
     assert replanned.total_hours <= budget
     # the order: finalize epochs first, down to half the spec's (and twice a trial's); seeds and top_k are at
     # their floors already (3 and 4); then trials, as few as needed: one more would not fit
-    assert (cut.finalize.epochs, cut.finalize.seeds, cut.finalize.top_k) == (2.0, (0, 1, 2), 4)
+    assert (cut.finalize.epochs, cut.finalize.seeds, cut.finalize.top_k) == (2.0, (1, 2, 3), 4)
     assert 20 <= cut.study.trials < 40
     assert Estimator(cut, estimator.model).plan(trials=cut.study.trials + 1).total_hours > budget
     assert cut.study.budget_hours == pytest.approx(budget - replanned.finalize_hours, abs=0.011)
@@ -205,18 +206,47 @@ def test_the_probe_measures_every_corner_and_is_reused(workdir, capsys):
     assert "(reused," in capsys.readouterr().out and json.loads(path.read_text()) == written
 
 
-def test_the_documented_gpu_estimate_is_priced_by_the_planner_and_marked_assumed(monkeypatch, capsys):
-    """docs/gpu_estimate.py reproduces performance.md's table: the planner's bill on an assumed probe,
-    so it scales with the assumed throughput and says it is no measurement."""
+def test_under_wsd_the_peak_counts_the_decay_branchs_copy_of_the_state(workdir):
+    """A decay branch holds a copy of the weights and the optimizer's buffers (SGD's momentum: as large
+    again) while it trains: the probe's memory figure must include it, and a spec switched to wsd
+    must be probed again."""
+    torch.set_num_threads(1)
+    cpu, peaks = torch.device("cpu"), {}
+    for schedule in ("poly", "wsd"):
+        cfg = TrainConfig(pretrained=None, crop_size=33, batch_size=2, schedule=schedule, device="cpu")
+        peaks[schedule] = profile.measure_training(cfg, 1, cpu, workdir / "wsd-cache").peak_memory_bytes
+    state_bytes = 2 * 4 * profile.parameter_count(cfg)  # fp32 weights + momentum
+    assert 0.8 * state_bytes < peaks["wsd"] - peaks["poly"] < 1.3 * state_bytes
+    spec = load_spec(DEMO)
+    assert probe.settings_key(spec) != probe.settings_key(spec.with_train(schedule="wsd"))
 
-    def total(images_per_second: str) -> tuple[float, str]:
-        monkeypatch.setattr(sys, "argv", ["gpu_estimate.py", "--images-per-second", images_per_second])
-        runpy.run_path(str(REPO / "docs" / "gpu_estimate.py"), run_name="__main__")
+
+def test_evaluation_corners_time_voc_like_same_size_batches():
+    """Whole batches of VOC's commonest size in both orientations, and the small batches of rarer sizes."""
+    assert probe.eval_batch_shapes(500, 8) == [(375, 500, 8), (500, 375, 8), (333, 500, 2), (500, 450, 1)]
+    assert probe.eval_batch_shapes(500, 1) == [(375, 500, 1), (500, 375, 1), (333, 500, 1), (500, 450, 1)]
+
+
+def test_the_documented_gpu_estimate_is_priced_by_the_planner_and_marked_assumed(monkeypatch, capsys):
+    """docs/gpu_estimate.py reproduces performance.md's tables: the planner's bill on an assumed probe whose
+    baseline trains at utilisation x peak / its FLOPs, so the bill scales inversely with that, says it is no
+    measurement, and its FLOP count is segtrain.profile's."""
+    path = REPO / "docs" / "gpu_estimate.py"
+
+    def total(*argv: str) -> tuple[float, str]:
+        monkeypatch.setattr(sys, "argv", ["gpu_estimate.py", *argv])
+        runpy.run_path(str(path), run_name="__main__")
         out = capsys.readouterr().out
         row = next(line for line in out.splitlines() if line.startswith("| total "))
         return float(row.split("|")[5]), out
 
-    at_20, out = total("20")
-    at_40, _ = total("40")
-    assert at_40 == pytest.approx(at_20 / 2, rel=0.01)
+    on_3090, out = total("--card", "rtx3090")
+    on_h100, _ = total("--card", "h100")
+    measured, _ = total("--images-per-second", "93")  # twice the 3090's derived 46.5
+    assert on_h100 == pytest.approx(on_3090 * (0.20 * 71) / (0.12 * 989), rel=0.01)
+    assert measured == pytest.approx(on_3090 / 2, rel=0.01)
     assert "(assumed, not measured)" in out and "ResNet-101, from scratch" in out
+    assert "baseline 46.5 training images/s = 0.2 x 71 TFLOP/s / 305.2 GFLOP an image" in out
+    estimate = runpy.run_path(str(path))
+    baseline = TrainConfig(backbone="resnet50", output_stride=16, crop_size=513, aux_loss=False, pretrained=None)
+    assert profile.training_flops(baseline) / 1e9 == pytest.approx(estimate["BASELINE_GFLOP"], abs=0.05)

@@ -4,24 +4,29 @@ both importance rankings, the published figures' protocol matching, and the eval
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
+import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 from scipy import stats as scipy_stats
 
-from hpo.report import compare, document, pareto, stats, tables
+from hpo.report import compare, document, factors, pareto, stats, tables
+from hpo.report.analysis import Analysis
 from hpo.report.factors import effects, importances
 from hpo.report.published import PUBLISHED, matches
 from hpo.report.results import Configuration, FinalRun, protocols_of, summarize
 from hpo.space import Param
-from hpo.spec import load_spec
+from hpo.spec import StudySpec, load_spec
 from segtrain.config import TrainConfig
-from segtrain.evaluation import MULTI_SCALES
+from segtrain.evaluation import MULTI_SCALES, PER_IMAGE_COUNTS
+from segtrain.metrics import PerImageCounts
 from segtrain.records import TrainResult
 
 SEEDS = (0, 1, 2)
@@ -80,7 +85,7 @@ def test_each_top_configuration_is_compared_with_the_baseline_holm_corrected(sum
     top1, top2 = found[0], found[1]
     assert top1.p_holm == pytest.approx(3 * raw[0])  # the smallest p, times the 3 comparisons
     assert top1.verdict == "better" and top2.verdict == "inconclusive"
-    assert top1.sentence().startswith("`top-1` vs `baseline`: better at 3 seeds, +0.0360 mIoU ss (95% CI [")
+    assert top1.sentence().startswith("`top-1` vs `baseline`: better at 3 seeds, +0.0360 mIoU ss (95% CI over seeds [")
     assert "; these seeds could detect about" in top2.sentence()
     record = top1.record()
     assert set(record) >= {"a", "b", "difference", "ci95", "p", "p_holm", "verdict", "p_permutation", "n", "mdd"}
@@ -89,7 +94,8 @@ def test_each_top_configuration_is_compared_with_the_baseline_holm_corrected(sum
 
 def test_a_comparison_without_two_shared_seeds_is_inconclusive_with_its_reason():
     a, b = configuration("r101-imagenet", ("r101-imagenet",)), configuration("r101-scratch", ("r101-scratch",))
-    summaries = summarize([*runs(a, [0.7, None, None], "weights unavailable: offline"), *runs(b, [0.5, 0.52, None])])
+    summaries = summarize([*runs(a, [0.7, None, None], "weights unavailable: offline"),
+                           *runs(b, [0.5, 0.52, None], "out of memory: CUDA out of memory")])
     (found,) = compare.comparisons(summaries)
     assert (found.family, found.paired.n, found.verdict, found.p_holm) == ("pretrained vs scratch", 1, "inconclusive",
                                                                           None)
@@ -166,7 +172,8 @@ def test_published_figures_sit_beside_a_column_of_the_same_protocol_only():
                      ("VainF/DeepLabV3Plus-Pytorch", "resnet101", "r101-imagenet", "ss", 77.3),
                      # V3+ beside VainF's V3+ figure alone, and its crf column beside none
                      ("VainF/DeepLabV3Plus-Pytorch", "resnet101", "variant deeplabv3plus", "ss", 78.3),
-                     ("open-mmlab/mmsegmentation", "resnet50", "top-1", "ss", 76.17)}
+                     ("open-mmlab/mmsegmentation", "resnet50", "top-1", "ss", 76.17),  # 20k iterations
+                     ("open-mmlab/mmsegmentation", "resnet50", "top-1", "ss", 77.68)}  # 40k
     table = tables.published_table(PUBLISHED, matches(summaries))
     assert "r101-imagenet mIoU ss = 77.00" in table and "top-1 mIoU ss = 76.00" in table
     assert "r101-imagenet mIoU os8_ms_flip = 80.00" in table
@@ -198,6 +205,14 @@ def test_the_search_schedule_is_named_with_its_settings(tmp_path, train, expecte
     path = tmp_path / "s.toml"
     path.write_text(f'[train]\n{train}\n[space]\nlr = {{type = "float", low = 0.001, high = 0.1}}\n')
     assert document.schedule_text(load_spec(path)) == expected
+
+
+@pytest.fixture
+def spec(tmp_path) -> StudySpec:
+    """A study file with [finalize]'s defaults."""
+    path = tmp_path / "study.toml"
+    path.write_text('[space]\nlr = {type = "float", low = 0.001, high = 0.1}\n')
+    return load_spec(path)
 
 
 SPACE = (Param("lr", "float", low=1e-4, high=1e-1, log=True), Param("output_stride", "categorical", choices=(8, 16)))
@@ -253,7 +268,7 @@ def test_results_json_holds_the_statistics_the_issue_names(summaries):
     assert set(top1) == {"mean", "std", "n", "ci95"} and len(top1["ci95"]) == 2
     assert [set(c) >= {"a", "b", "difference", "ci95", "p", "p_holm", "verdict"} for c in data["comparisons"]] == \
         [True] * 3
-    assert {c["verdict"] for c in data["comparisons"]} <= {"better", "worse", "inconclusive"}
+    assert {c["verdict"] for c in data["comparisons"]} == {"better", "inconclusive", "unstable (1 of 3 seeds diverged)"}
     assert data["protocols"] == ["ss"] and len(data["runs"]) == 12
 
 
@@ -286,3 +301,154 @@ def test_the_seeded_recipes_are_listed_with_their_source_outcome_and_rank():
     assert re.search(r"^\| 2 +\| torchvision +\| pruned at evaluation 1 +\| - +\| references/segmentation +\|",
                      text, re.M)
     assert document.recipe_lines(optuna.create_study()) == []  # no [recipes]: no section
+
+
+def test_a_diverged_seed_makes_its_comparisons_unstable_and_is_named():
+    """top-1 diverges on one seed in three and is far better on the other two: today's t-test on the
+    survivors would call it better; a divergence is an outcome, so the verdict is unstable."""
+    top, baseline = configuration("top-1", ("top",), 0.8), configuration("baseline", ("baseline",), 0.7)
+    oom = configuration("top-2", ("top",), 0.79)
+    summaries = summarize([*runs(top, [0.80, None, 0.81]), *runs(oom, [0.80, 0.81, None], "out of memory: CUDA"),
+                           *runs(baseline, [0.70, 0.71, 0.70])])
+    unstable, excluded = compare.comparisons(summaries)
+    assert stats.paired([0.80, 0.81], [0.70, 0.70]).p < 0.05  # what the survivors alone would say
+    assert unstable.verdict == "unstable (1 of 3 seeds diverged)" and unstable.diverged == {"top-1": (1,)}
+    assert "`top-1` diverged on seed 1" in unstable.sentence()
+    assert unstable.sentence().startswith("`top-1` vs `baseline`: unstable (1 of 3 seeds diverged) at 2 seeds")
+    assert unstable.record()["diverged"] == {"top-1": [1]}
+    assert tables.configuration_record(summaries[0], [0])["diverged_seeds"] == [1]
+    # out of memory says nothing about how top-2 trains: left out, and its two seeds are tested as before
+    assert excluded.diverged == {} and excluded.verdict == stats.verdict(
+        excluded.paired.difference, excluded.p_holm) and excluded.paired.n == 2
+    assert tables.configuration_record(summaries[1], [0])["diverged_seeds"] == []
+    data = tables.results_json({}, summaries, [unstable, excluded], {})
+    assert data["comparisons"][0]["verdict"].startswith("unstable") and data["comparisons"][0]["diverged"]
+
+
+def test_holm_counts_the_planned_family_and_the_detectable_difference_uses_its_level(spec):
+    """Three top-k vs baseline comparisons planned, one without two shared seeds (weights unavailable): the other
+    two are corrected over all 3, and their detectable difference is at alpha / 3."""
+    tops = [configuration(f"top-{k}", ("top",), 0.8) for k in (1, 2, 3)]
+    baseline = configuration("baseline", ("baseline",), 0.7)
+    summaries = summarize([*runs(tops[0], [0.75, 0.77, 0.74]), *runs(tops[1], [0.71, 0.73, 0.705]),
+                           *runs(tops[2], [0.7, None, None], "weights unavailable: offline"),
+                           *runs(baseline, [0.70, 0.71, 0.70])])
+    found = compare.comparisons(summaries)
+    p = [c.paired.p for c in found]
+    assert p[2] is None and [c.family_size for c in found] == [3, 3, 3]
+    low, high = sorted(p[:2])
+    assert sorted(c.p_holm for c in found[:2]) == pytest.approx([3 * low, max(3 * low, 2 * high)])
+    first = found[0]
+    assert first.paired.mdd_alpha == pytest.approx(0.05 / 3)
+    assert first.paired.mdd == pytest.approx(stats.minimal_detectable_difference(first.paired.std, 3, 0.05 / 3))
+    inconclusive = next(c for c in found if c.verdict == "inconclusive" and c.paired.mdd is not None)
+    assert "(80% power at alpha 0.05 / 3 = 0.0167, Holm's first step)" in inconclusive.sentence()
+    analysis = Analysis(summaries, found, compare.rank_agreement(summaries), [], [])
+    text = "\n".join(document.baseline_lines(analysis, spec.finalize))
+    assert "Holm-adjusted over the 3 planned comparisons" in text and "still counts in the 3" in text
+    assert "alpha / m = 0.05 / 3" in text and "Verdicts are drawn under `ss` alone" in text
+
+
+def test_identical_differences_are_inconclusive_at_two_seeds_and_say_why():
+    a, b = configuration("top-1", ("top",), 0.8), configuration("baseline", ("baseline",), 0.7)
+    (found,) = compare.comparisons(summarize([*runs(a, [0.6, 0.7, None], "out of memory: CUDA"),
+                                              *runs(b, [0.5, 0.6, 0.5])]))
+    assert (found.paired.p, found.paired.p_permutation, found.p_holm, found.verdict) == \
+        (None, 0.5, 0.5, "inconclusive")
+    assert "on every seed (no spread, so the t-test is undefined and the exact sign-flip p = 0.5, Holm 0.5 " \
+           "decides: with 2 seeds it cannot go below 0.5)" in found.sentence()
+    assert tables.comparison_table([found]).count("| -  ") >= 1  # no t p, no seed interval
+
+
+def test_only_the_primary_protocol_draws_verdicts():
+    best, baseline = configuration("top-1", ("top",)), configuration("baseline", ("baseline",))
+    summaries = summarize([*runs(best, [0.70, 0.72, 0.71], os8=[0.80, 0.81, 0.82]),
+                           *runs(baseline, [0.60, 0.61, 0.62], os8=[0.60, 0.615, 0.62])])
+    (primary,), (other,) = compare.comparisons(summaries, "ss"), compare.comparisons(summaries, "os8", primary=False)
+    assert primary.verdict == "better" and primary.p_holm is not None
+    assert (other.verdict, other.p_holm, other.primary) == ("descriptive", None, False)
+    assert other.paired.p < 0.05 and other.paired.ci95 is not None  # its numbers stay; no verdict is drawn
+    assert other.sentence().startswith("`top-1` vs `baseline`: descriptive (no verdict under this protocol) at 3 "
+                                       "seeds, +0.1983 mIoU os8 (95% CI over seeds [")
+
+
+def runs_with_counts(c: Configuration, counts: list[np.ndarray], root: Path) -> list[FinalRun]:
+    """One run per seed whose own evaluation kept these per-image counts (its mIoU is theirs)."""
+    out = []
+    for seed, per_image in enumerate(counts):
+        run_dir = root / c.name / f"seed-{seed}"
+        kept = PerImageCounts(per_image.shape[0], per_image.shape[1])
+        kept.counts = torch.from_numpy(per_image.astype(np.int32))
+        kept.save(run_dir / PER_IMAGE_COUNTS, [f"image{i}" for i in range(per_image.shape[0])])
+        miou = float(stats.miou_from_counts(per_image.sum(axis=0)))
+        result = TrainResult(c.config.replace(seed=seed), miou, miou, [miou] + [None] * 20, 0.9, 0.8, [], 10,
+                             60.0, 5.0, 2**30, 40_000_000)
+        out.append(FinalRun(c, seed, run_dir, result, "ok", "trained"))
+    return out
+
+
+def test_each_comparison_has_a_paired_bootstrap_over_val_images_beside_the_seed_interval(tmp_path):
+    rng = np.random.default_rng(5)
+    base = [rng.integers(1, 60, size=(30, 21, 3)) for _ in range(3)]
+    better = [b.copy() for b in base]
+    for b in better:
+        b[:, :, 2] //= 2  # half the false negatives: a higher mIoU on every image
+    best, baseline = configuration("top-1", ("top",), 0.8), configuration("baseline", ("baseline",), 0.7)
+    summaries = summarize([*runs_with_counts(best, better, tmp_path), *runs_with_counts(baseline, base, tmp_path)])
+    (found,) = compare.comparisons(summaries)
+    expected = stats.paired_bootstrap(better, base)
+    assert found.bootstrap == expected and found.bootstrap.ci95[0] > 0
+    assert found.bootstrap.difference == pytest.approx(found.paired.difference)  # the seed-mean difference
+    assert (found.bootstrap.images, found.bootstrap.runs, found.bootstrap.resamples) == (30, 3, 2000)
+    low, high = expected.ci95
+    assert f"over val images (paired bootstrap, 30 images, 3 runs an arm) 95% CI [{low:+.4f}, {high:+.4f}]" \
+        in found.sentence()
+    assert found.record()["bootstrap"] == expected.record()
+    table = tables.comparison_table([found])
+    assert "95% CI (val images)" in table and f"[{low:+.4f}, {high:+.4f}]" in table
+    assert "95% CI (seeds)" in table
+    # a run without counts (trained before they were kept) leaves the others' seeds, or says why there are none
+    (summaries[0].runs[0].run_dir / PER_IMAGE_COUNTS).unlink()
+    assert compare.comparisons(summaries)[0].bootstrap == stats.paired_bootstrap(better[1:], base[1:])
+    for run in summaries[0].runs[1:]:
+        (run.run_dir / PER_IMAGE_COUNTS).unlink()
+    (no_counts,) = compare.comparisons(summaries)
+    assert no_counts.bootstrap is None and "no per-image counts" in no_counts.bootstrap_reason
+    assert "over val images" not in no_counts.sentence()
+    assert "paired bootstrap that resamples the val images 2,000 times" in document.INTERVALS
+
+
+def test_the_rank_agreement_says_its_exact_p_and_what_so_few_points_can_show():
+    exact = stats.kendall([0.9, 0.8, 0.7, 0.6], [0.75, 0.74, 0.73, 0.72])  # perfect agreement at n = 4
+    text = document.small_rank_sample(exact)
+    assert exact.p == pytest.approx(1 / 12) and "even a perfect agreement has p = 0.083" in text
+    assert "cannot show that the short-budget ranking held" in text and "the baseline" in text
+    assert "here p is not below 0.05" in text
+    five = document.small_rank_sample(stats.kendall([5, 4, 3, 2, 1], [9, 8, 7, 6, 5]))
+    assert "the smallest possible p is 0.017" in five and "here p = 0.017 < 0.05" in five
+
+
+def test_seeds_shared_with_the_search_get_one_sentence(spec):
+    assert spec.finalize.seeds == (1, 2, 3) and document.seed_overlap_sentence(spec, spec.finalize) == ""
+    overlapping = dataclasses.replace(spec.finalize, seeds=(0, 1, 2))
+    sentence = document.seed_overlap_sentence(spec, overlapping)
+    assert sentence.startswith("Seed 0 is also the seed every search trial trained with") and sentence.count(". ") == 0
+
+
+def test_importance_leaves_out_infeasible_trials_and_names_its_quantile(searched):
+    """Eight trials never trained (predicted out of memory: value 0) or diverged change nothing."""
+    before = importances(searched)
+    for index in range(8):
+        searched.add_trial(optuna.trial.create_trial(
+            value=0.0, params={"lr": 10 ** (-4 + index / 4), "output_stride": 8}, distributions=DISTRIBUTIONS,
+            constraints={"fits_memory": 1.0} if index % 2 else {"finite_loss": 1.0},
+            intermediate_values={} if index % 2 else {1: 0.0}))
+    complete, first = importances(searched)
+    assert (complete.n, first.n) == (before[0].n, before[1].n) == (6, 12)
+    assert complete.importances == pytest.approx(before[0].importances)
+    assert first.importances == pytest.approx(before[1].importances)
+    # Optuna's 0.1, raised to hold 8 trials (0.2 at 40), at most half
+    assert [factors.target_quantile(n) for n in (6, 12, 40, 80, 200)] == pytest.approx([0.5, 0.5, 0.2, 0.1, 0.1])
+    assert (first.target_quantile, first.top) == (0.5, 6)
+    text = "\n".join(document.importance_lines([complete, first]))
+    assert "target_quantile 0.5: a top set of 3" in text and "Feasible trials only" in text

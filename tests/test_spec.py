@@ -70,7 +70,7 @@ def test_minimal_spec_gets_the_defaults(tmp_path: Path) -> None:
     assert isinstance(spec.make_pruner(), optuna.pruners.MedianPruner)
     assert spec.pruner.args == {"n_warmup_steps": 2}
     assert spec.baseline == {} and spec.recipes == () and spec.seeded_trials() == []
-    assert spec.finalize.seeds == (0, 1, 2) and spec.finalize.epochs == TrainConfig.epochs
+    assert spec.finalize.seeds == (1, 2, 3) and spec.finalize.epochs == TrainConfig.epochs  # apart from the search's 0
     assert spec.train_config() == TrainConfig()
 
 

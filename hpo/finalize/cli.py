@@ -40,7 +40,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--top-k", type=int, help="retrain the best K distinct configurations "
                                                   "(default: [finalize] top_k)")
     parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
-                        help="seeds to train each configuration with, e.g. --seeds 0 1 2 "
+                        help="seeds to train each configuration with, e.g. --seeds 1 2 3 "
                              "(default: [finalize] seeds)")
     parser.add_argument("--epochs", type=float, help="the full budget in epochs (default: [finalize] epochs)")
     parser.add_argument("--pretrained-weights", metavar="PATH",

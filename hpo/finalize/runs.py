@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from hpo.report.results import OWN_PROTOCOL, RESULT, Configuration, FinalRun, read_result
+from hpo.report.results import DIVERGED, OWN_PROTOCOL, RESULT, Configuration, FinalRun, read_result
 from hpo.search.tracking import StudyTracking
 from segtrain.engine import CHECKPOINT, train
 from segtrain.errors import WeightsError
-from segtrain.evaluation import PRESETS, evaluate_run
+from segtrain.evaluation import PER_IMAGE_COUNTS, PRESETS, evaluate_run
 from segtrain.progress import progress
 from segtrain.records import TrainingDiverged, TrainResult
 
@@ -53,7 +53,7 @@ def run_one(configuration: Configuration, seed: int, run_dir: Path, tracking: St
     except WeightsError as error:
         return outcome(None, f"weights unavailable: {error}", "not run")
     except TrainingDiverged as error:
-        return outcome(None, f"diverged: {error}", how)
+        return outcome(None, f"{DIVERGED}: {error}", how)
     except torch.OutOfMemoryError as error:
         return outcome(None, f"out of memory: {str(error).splitlines()[0]}", how)
     return outcome(result, "ok", how)
@@ -73,7 +73,8 @@ def evaluations(run: FinalRun, protocols: Sequence[str]) -> dict[str, Mapping[st
             continue
         protocol = PRESETS[name].for_run(cfg.output_stride)
         if protocol == own:
-            found[name] = {"miou": run.result.final_miou, "protocol": own.to_dict()}
+            found[name] = {"miou": run.result.final_miou, "protocol": own.to_dict(),
+                           "per_image_counts": str(run.run_dir / PER_IMAGE_COUNTS)}
             continue
         try:
             found[name] = evaluate_run(run.run_dir, protocol, reuse=True, device=cfg.device)

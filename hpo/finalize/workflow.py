@@ -27,7 +27,7 @@ from hpo.search.loop import open_existing_study
 from hpo.search.tracking import StudyTracking
 from hpo.spec import FinalizeOptions, StudySpec
 from segtrain import crf
-from segtrain.data import require_splits
+from segtrain.data import require_disjoint_splits, require_splits
 from segtrain.evaluation import PRESETS
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ def planned(spec: StudySpec, options: FinalizeOptions) -> tuple[optuna.Study, li
     require_splits(configurations[0].config)  # finalize's own splits, before any training
     if any(PRESETS[name].crf for name in options.eval):
         crf.require()  # the [crf] extra, before days of training that would end without it
+    require_disjoint_splits(configurations[0].config, f"{spec.path}: [finalize]")
     return study, configurations, spec.study.output_dir / "final"
 
 

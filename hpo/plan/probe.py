@@ -10,7 +10,10 @@ channels_last as the engine trains; evaluation corners time a third as many batc
 Grid corners are trained with the costliest auxiliary-head and optimizer choice the
 space allows (aux head on, AdamW's two moment buffers), so what the cost model predicts
 from them is an upper bound for the other choices; the baseline corner is measured as
-it is.
+it is. Under the wsd schedule the training corners' peak memory includes the copy of
+the model and optimizer state that a decay branch holds. Evaluation corners time
+VOC-like batches (`eval_batch_shapes`): images of VOC's sizes, in the full and the
+small same-size batches that real val is cut into.
 
 On a CPU, where running out of memory kills the process instead of raising an
 error, a training corner that the smaller corners of its group predict (scaled by
@@ -26,6 +29,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +50,7 @@ from segtrain.progress import progress
 SCHEMA = 1
 PROBE_FILE = "probe.json"
 DEFAULT_STEPS = 30
-VOC_IMAGE_SIDE = 500  # VOC photos are at most 500 px a side; an eval batch pads to its largest
+VOC_IMAGE_SIDE = 500  # VOC photos are at most 500 px a side, most of them 500 x 375 or 375 x 500
 COST_FIELDS = ("model", "backbone", "output_stride", "crop_size", "batch_size", "aux_loss", "optimizer")
 STATEFUL_OPTIMIZERS = ("adamw", "adam")  # two moment buffers a parameter, against SGD's one
 FINALIZE_BACKBONE = "resnet101"  # finalize's pretrained-vs-scratch comparison
@@ -56,7 +60,8 @@ ENUMERATED = ("model", "backbone", "output_stride")  # probed at every value; cr
 @dataclass(frozen=True)
 class Corner:
     """One measured configuration. kind "train": crop_size x crop_size crops at batch_size;
-    kind "eval": forward passes on crop_size-pixel images at batch_size (the eval batch size)."""
+    kind "eval": forward passes on `eval_batch_shapes(crop_size, batch_size)`: images of at most
+    crop_size pixels a side, in batches of at most batch_size (the eval batch size)."""
 
     kind: str
     backbone: str
@@ -162,14 +167,27 @@ def corner_configs(spec: StudySpec) -> list[Corner]:
 
 
 def val_image_side(cfg: TrainConfig) -> int:
-    """The side of the padded images an evaluation batch holds: VOC's 500, or the synthetic set's size."""
+    """The longest side of a val image: VOC's 500, or the synthetic set's size."""
     return cfg.synthetic_image_size if cfg.synthetic else VOC_IMAGE_SIDE
+
+
+def eval_batch_shapes(long_side: int, batch_size: int) -> list[tuple[int, int, int]]:
+    """(height, width, images) of the batches an evaluation corner times, one of each kind that
+    segtrain.evaluation's same-size batches of VOC val come in: landscape and portrait photos of
+    the commonest size (4:3) in full batches, and sizes shared by few images (VOC's many other
+    heights) in batches of two and one. A stand-in for VOC's size histogram, not a count of it."""
+    short = round(long_side * 3 / 4)
+    return [(short, long_side, batch_size), (long_side, short, batch_size),
+            (round(long_side * 2 / 3), long_side, min(2, batch_size)), (long_side, round(long_side * 0.9), 1)]
 
 
 def settings_key(spec: StudySpec) -> str:
     """Identifies what a probe of this spec measures (its corners, its device setting): a probe
     file stands for the spec only while this stays the same."""
-    wanted = {"corners": [_keyed(c.configuration) for c in corner_configs(spec)], "device": spec.train_config().device}
+    base = spec.train_config()
+    wanted = {"corners": [_keyed(c.configuration) for c in corner_configs(spec)], "device": base.device,
+              # a decay branch's copy of the state counts in wsd's memory (poly's key stays as it was)
+              **({"schedule": base.schedule} if base.schedule == "wsd" else {})}
     return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -180,7 +198,8 @@ def _keyed(configuration: dict[str, Any]) -> dict[str, Any]:
 
 
 def eval_batches(steps: int) -> int:
-    """Timed evaluation batches per evaluation corner: a third of the training steps, at least one."""
+    """Timed evaluation batches per evaluation corner: a third of the training steps, at least one
+    (rounded up to whole rounds of eval_batch_shapes)."""
     return max(1, steps // 3)
 
 
@@ -203,8 +222,8 @@ def measure(spec: StudySpec, steps: int = DEFAULT_STEPS, memory_limit_bytes: int
         elif corner.kind == "train":
             found = profile.measure_training(cfg, steps, device, cache)
         else:
-            found = profile.measure_evaluation(cfg.replace(eval_batch_size=corner.batch_size), corner.crop_size,
-                                               eval_batches(steps), device)
+            shapes = eval_batch_shapes(corner.crop_size, corner.batch_size)
+            found = profile.measure_evaluation(cfg, shapes, math.ceil(eval_batches(steps) / len(shapes)), device)
         measured.append(dataclasses.replace(
             corner, images_per_second=found.images_per_second, peak_memory_bytes=found.peak_memory_bytes,
             out_of_memory=found.out_of_memory, flops_per_image=found.flops_per_image,

@@ -17,10 +17,16 @@ from hpo.markdown import markdown_table
 from hpo.report import compare, pareto, tables
 from hpo.report.analysis import Analysis
 from hpo.report.compare import Comparison
-from hpo.report.factors import EVALUATOR_NAME, Effect, Ranking
+from hpo.report.factors import EVALUATOR_NAME, MIN_TOP_TRIALS, Effect, Ranking
 from hpo.report.published import PUBLISHED, matches
 from hpo.report.results import OWN_PROTOCOL, Summary, find, miou_title
-from hpo.report.stats import ALPHA, EXACT_PERMUTATION_MAX_N
+from hpo.report.stats import (
+    ALPHA,
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    EXACT_PERMUTATION_MAX_N,
+    RankAgreement,
+)
 from hpo.spec import FinalizeOptions, StudySpec
 from hpo.storage_urls import safe_url
 from hpo.trials import Counts, outcome, ranked_trials, summary_lines
@@ -34,6 +40,13 @@ FACTOR_CAVEAT = ("Observational, not controlled: TPE chose each value given the 
                  "first evaluation, whose ranking agrees only loosely with the end of a run (Kendall tau about "
                  "0.35 on the demo task, docs/performance.md); the controlled experiments above are the evidence.")
 FILES = ("report.md", "results.csv", "results.json", "per_class_iou.csv", "figures.html")
+INTERVALS = ("Two intervals stand beside each difference. The seed interval (95% CI (seeds)) says how far training "
+             "noise, the initialisation and the data order, moves it: where the difference of new runs scored on "
+             "these very val images would fall. The val-image interval (95% CI (val images)) says how far the "
+             "choice of val images moves it: a paired bootstrap that resamples the val images "
+             f"{BOOTSTRAP_RESAMPLES:,} times with replacement (seed {BOOTSTRAP_SEED}), the same images for both "
+             "configurations, and recomputes each run's mIoU from its per-image counts, averaged over the seeds; "
+             "it is how these runs would score on another set of images drawn like these.")
 
 
 # --- sentences
@@ -46,6 +59,17 @@ def selection_sentence(spec: StudySpec, options: FinalizeOptions) -> str:
                 "selection.")
     return (f"The search trained on `{search.train_split}` and selected on `{search.val_split}`; this table "
             f"reports `{options.val_split}`, which the search never scored, so the selection does not bias it.")
+
+
+def seed_overlap_sentence(spec: StudySpec, options: FinalizeOptions) -> str:
+    """One sentence where finalize retrains with the seed the search trained every trial with; else ""."""
+    seed = spec.train_config().seed
+    if any(param.name == "seed" for param in spec.space) or seed not in options.seeds:
+        return ""
+    return (f"Seed {seed} is also the seed every search trial trained with (`[train] seed`), so each configuration "
+            f"taken from the search repeats at seed {seed} the initialisation and data order of the trial that "
+            "selected it (over a longer budget): that run is not independent of the selection, which `[finalize] "
+            "seeds` disjoint from the search's (the default: 1, 2, 3) would avoid.")
 
 
 def permutation_note(options: FinalizeOptions) -> str:
@@ -88,13 +112,15 @@ def rank_lines(spec: StudySpec, study: optuna.Study, options: FinalizeOptions, a
                      "are all tied, so neither ranks them.")
     else:
         p = "-" if rank.p is None else f"{rank.p:.2g}"
-        agreement = (f"Kendall's tau = {rank.tau:+.2f} (n = {rank.n}, p = {p}) between the search's "
-                     f"scores (on `{search.val_split}`) and the full-budget means ({miou_title(OWN_PROTOCOL)} on "
-                     f"`{options.val_split}`) of the configurations that are search trials: {names}.")
+        agreement = (f"Kendall's tau = {rank.tau:+.2f} (n = {rank.n}, two-sided p = {p}, {rank.method}) between "
+                     f"the search's scores (on `{search.val_split}`) and the full-budget means "
+                     f"({miou_title(OWN_PROTOCOL)} on `{options.val_split}`) of the configurations that are search "
+                     f"trials: {names}.")
     lines = [agreement, "",
              f"The search's proxy: {schedule_text(spec)} on `{search.train_split}`; finalize: {options.epochs:g} "
-             f"epochs on `{options.train_split}`. A tau near 1 says the short-budget ranking held at full budget on "
-             "this data; near 0 or below, it did not.", ""]
+             f"epochs on `{options.train_split}`.", ""]
+    if rank.tau is not None:
+        lines += [small_rank_sample(rank), ""]
     best = find(analysis.summaries, "top")
     if best is not None and best.configuration.search_value is not None:
         complete = len(ranked_trials(study))
@@ -107,6 +133,22 @@ def rank_lines(spec: StudySpec, study: optuna.Study, options: FinalizeOptions, a
     return lines
 
 
+def small_rank_sample(rank: RankAgreement) -> str:
+    """What a tau over this few configurations can and cannot show, and what its p says."""
+    floor = rank.p_floor
+    if floor >= ALPHA:
+        can = (f"with n = {rank.n} even a perfect agreement has p = {floor:.2g}, so this many configurations cannot "
+               "show that the short-budget ranking held, only hint at a reversal")
+    else:
+        can = (f"with n = {rank.n} the smallest possible p is {floor:.2g}, so only a near-perfect agreement can "
+               "show that the ranking held, and a middling tau shows nothing either way")
+    held = (f"here p = {rank.p:.2g} < {ALPHA:g}: the full-budget order agrees with the search's more than chance "
+            "would" if rank.p is not None and rank.p < ALPHA else
+            "here p is not below 0.05: no evidence that the short-budget ranking held, nor that it did not")
+    return (f"A tau over so few points is weak evidence: {can}; and the baseline, usually far below the top-k, "
+            f"adds concordant pairs whatever the order among the top-k. So {held}.")
+
+
 def comparison_lines(found: Sequence[Comparison]) -> list[str]:
     return [tables.comparison_table(found), "", *(f"- {c.sentence()}" for c in found), ""] if found else []
 
@@ -116,20 +158,27 @@ def baseline_lines(analysis: Analysis, options: FinalizeOptions) -> list[str]:
     if baseline is None:
         return ["The spec has no [baseline], so there is no baseline row to compare with.", ""]
     found = analysis.family(compare.TOP_VS_BASELINE)
-    family = len({(c.a, c.b) for c in found})
+    m = found[0].family_size if found else 0
     lines = [f"Each top-k configuration vs the baseline (`{baseline.name}`), paired by seed: the mean of the "
              "per-seed differences over the seeds both finished, its 95% t-interval, the paired t-test's p and that "
-             f"p Holm-adjusted over the {family} comparison{'s' if family != 1 else ''} (the top-k were picked "
-             f"among many trials). A verdict is better or worse when the Holm-adjusted p is below {ALPHA:g}, else "
-             "inconclusive. \"detectable (80%)\" is the smallest difference a paired t-test on these seeds finds "
-             "with 80% power at the observed spread of the differences (exact, from the noncentral t "
-             f"distribution). {permutation_note(options)}", ""]
+             f"p Holm-adjusted over the {m} planned comparison{'s' if m != 1 else ''} (the top-k were picked "
+             "among many trials; a comparison left without a p, for want of two shared seeds, still counts in "
+             f"the {m}, the conservative choice). Verdicts are drawn under `{analysis.primary}` alone, the first "
+             "protocol of `[finalize] eval`; the other protocols' comparisons are descriptive (intervals, no "
+             f"verdict). A verdict is better or worse when the Holm-adjusted p is below {ALPHA:g}, else "
+             "inconclusive; where every seed moved by exactly the same amount the t-test is undefined and the "
+             "exact sign-flip p decides instead; a pair in which a configuration diverged on a seed is unstable, "
+             "never better or worse. \"detectable (80%)\" is the smallest difference a paired t-test on these "
+             "seeds finds with 80% power at the observed spread of the differences, at the level of Holm's first "
+             f"step, alpha / m = {ALPHA:g} / {max(m, 1)} (exact, from the noncentral t distribution). "
+             f"{permutation_note(options)}", "", INTERVALS, ""]
     if baseline.role("top"):
         lines += [f"The baseline recipe is itself one of the top configurations ({baseline.name}).", ""]
     return lines + comparison_lines(found)
 
 
 def r101_lines(analysis: Analysis) -> list[str]:
+    """The two arms' recipes as what they are (one tuned by the search, one a fixed rule), then the comparison."""
     pretrained, scratch = find(analysis.summaries, "r101-imagenet"), find(analysis.summaries, "r101-scratch")
     for s, what in ((pretrained, "ImageNet-pretrained"), (scratch, "from-scratch")):
         if s is None or not s.ok:
@@ -137,10 +186,15 @@ def r101_lines(analysis: Analysis) -> list[str]:
                     f"({s.status if s else 'not planned'}).", ""]
     budget = (f"{pretrained.configuration.config.epochs:g} epochs pretrained, "
               f"{scratch.configuration.config.epochs:g} from scratch")
-    lines = [f"Each arm has a recipe fit for it. The pretrained arm keeps the best configuration's recipe "
-             f"(trial {pretrained.configuration.trial}, tuned in this search for the study's backbone); the "
-             "scratch arm changes it with `[finalize.scratch]` (defaults after He et al.: the whole network at "
-             "the head's learning rate, a linear warm-up, the same budget). The settings in which they differ:", "",
+    best = find(analysis.summaries, "top")
+    searched_on = best.configuration.config.backbone if best is not None else "the study's backbone"
+    lines = [f"The pretrained arm's recipe is the best configuration's (trial {pretrained.configuration.trial}), "
+             f"tuned by the search on {searched_on} with an ImageNet-pretrained backbone and not re-tuned for "
+             "ResNet-101. The scratch arm's recipe is that one changed by a fixed rule, `[finalize.scratch]` (by "
+             "default after He et al. 2019: the whole network at the head's learning rate, a linear warm-up, the "
+             "same budget), which no search tuned. So the comparison is \"at this budget, with these recipes\": it "
+             "does not say what a scratch recipe tuned as hard as the pretrained one would reach. The settings in "
+             "which they differ:", "",
              tables.recipe_table(pretrained, scratch), ""]
     for c in analysis.family(compare.PRETRAINED_VS_SCRATCH):
         lines += [f"At this budget ({budget}) and with these recipes, {c.sentence()}", ""]
@@ -187,10 +241,14 @@ def factor_lines(found: Sequence[Effect]) -> list[str]:
 
 
 def importance_lines(rankings: Sequence[Ranking]) -> list[str]:
-    counts = "; and over ".join(f"the {r.n} {r.trials}" for r in rankings)
-    return [f"{EVALUATOR_NAME}, computed twice: over {counts}. The second ranking keeps the trials that pruning "
-            "stopped, so that the survivors of pruning do not decide alone. With a few dozen trials, treat small "
-            "differences between parameters as noise.", "",
+    counts = "; and over ".join(f"the {r.n} {r.trials} (target_quantile {r.target_quantile:.3g}: a top set of "
+                                f"{r.top})" for r in rankings)
+    return [f"{EVALUATOR_NAME}, computed twice: over {counts}. Feasible trials only: a trial never trained "
+            "(predicted out of memory, recorded as 0) or diverged says nothing about how its values train. The "
+            "top set PED-ANOVA contrasts with all the trials is its `target_quantile` of them: Optuna's default "
+            f"0.1, raised so that the set holds at least {MIN_TOP_TRIALS} trials (at most half). The second "
+            "ranking keeps the trials that pruning stopped, so that the survivors of pruning do not decide alone. "
+            "With a few dozen trials, treat small differences between parameters as noise.", "",
             tables.importance_table(rankings), ""]
 
 
@@ -239,7 +297,10 @@ def published_lines(spec: StudySpec, final_dir: Path, summaries: Sequence[Summar
               "A configuration appears beside a figure only where backbone (ImageNet-pretrained), splits (trained "
               "on train_aug, scored on val), training output stride and evaluation protocol (output stride, "
               "scales, flip) are the same; what still differs is listed, and the training recipe (crops, batch, "
-              "schedule) may differ too.")
+              "schedule) may differ too. In particular mmsegmentation's single-scale (and multi-scale) figures "
+              "score each image resized to a 512 short side first (its VOC test pipeline), where this report "
+              "scores it at its own size; and finalize's default 46 epochs are about 30k iterations at batch 16, "
+              "between mmsegmentation's 20k and 40k rows, both shown.")
     return ["## Published reference figures (not measured here)", "",
             "Published DeepLabV3 results on PASCAL VOC 2012 **val**, mIoU in **percent** (this report's own numbers "
             "are fractions; beside a figure they are shown in percent), ImageNet-pretrained backbones trained on "
@@ -259,11 +320,15 @@ def report_markdown(spec: StudySpec, study: optuna.Study, options: FinalizeOptio
         f"`{options.train_split}` for {options.epochs:g} epochs"
         + (f" ({options.epochs * scratch:g} for the scratch arm)" if scratch != 1 else "")
         + f" with seeds {', '.join(map(str, options.seeds))}, and scored on `{options.val_split}` at the end of "
-        f"training. {selection_sentence(spec, options)}", "",
+        f"training. {selection_sentence(spec, options)}"
+        + (f" {overlap}" if (overlap := seed_overlap_sentence(spec, options)) else ""), "",
         f"Per configuration: seeds finished/planned, the {miou_title(OWN_PROTOCOL)} (single scale, at the output "
         "stride it trained with, no flip) as mean ± sample standard deviation over the finished seeds, and the "
         "95% t-interval of that mean. A seed that failed (diverged, out of memory, weights unavailable) is listed "
-        "with its reason and left out of the mean, never dropped silently. Peak memory is each run's own (CUDA: "
+        "with its reason and left out of the mean, never dropped silently; a diverged seed is also an outcome "
+        "of its configuration, so every comparison of that configuration is unstable rather than judged on the "
+        "seeds it survived (out of memory and unavailable weights say nothing of how a configuration trains). "
+        "Peak memory is each run's own (CUDA: "
         "the most the allocator reserved; CPU: peak resident set since the run started, what the process already "
         "held included).",
         "",
@@ -302,8 +367,8 @@ def report_markdown(spec: StudySpec, study: optuna.Study, options: FinalizeOptio
 
 
 def key_sentences(analysis: Analysis) -> list[str]:
-    """The comparisons under the run's own protocol, one sentence each (terminal and note)."""
-    return [c.sentence() for c in analysis.comparisons if c.protocol == OWN_PROTOCOL]
+    """The comparisons under the primary protocol (the verdicts), one sentence each (terminal and note)."""
+    return [c.sentence() for c in analysis.comparisons if c.protocol == analysis.primary]
 
 
 def note_markdown(spec: StudySpec, analysis: Analysis) -> str:

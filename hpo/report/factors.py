@@ -11,7 +11,12 @@ descriptions, not effects in the causal sense; the final table and the ablation 
 
 Importance: Optuna's default evaluator (PED-ANOVA) over the complete trials, and the same
 evaluator over every trial that reached the first evaluation, scored there, so the
-survivors of pruning do not decide alone.
+survivors of pruning do not decide alone. Both over feasible trials only: a trial never
+trained (predicted out of memory, recorded with value 0) or diverged says nothing about
+how its values train, and its zero would weigh in the region PED-ANOVA contrasts the top
+set with. PED-ANOVA's top set is its `target_quantile` of the trials; Optuna's 0.1 leaves
+4 of 40 trials, fewer of the complete ones, so the quantile is raised until the top set
+holds at least MIN_TOP_TRIALS (`target_quantile`).
 
 Imports optuna, hpo.space and hpo.trials; hpo.report.analysis, tables and figures read it.
 """
@@ -36,6 +41,15 @@ BINS = 3
 # Optuna 5's default importance evaluator, named so that the report can say which one it used
 EVALUATOR = optuna.importance.PedAnovaImportanceEvaluator
 EVALUATOR_NAME = "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator, Optuna's default)"
+DEFAULT_TARGET_QUANTILE = 0.1  # PedAnovaImportanceEvaluator's own
+MIN_TOP_TRIALS = 8  # PED-ANOVA fits a Parzen estimator to the top set: a handful of trials at least
+MAX_TARGET_QUANTILE = 0.5  # the top set stays the better half, whatever the number of trials
+
+
+def target_quantile(trials: int) -> float:
+    """The share of the trials PED-ANOVA's top set takes: 0.1 (Optuna's default), raised so that it holds
+    at least MIN_TOP_TRIALS (0.2 at 40 trials: 8), at most half."""
+    return min(MAX_TARGET_QUANTILE, max(DEFAULT_TARGET_QUANTILE, MIN_TOP_TRIALS / max(trials, 1)))
 
 
 @dataclass(frozen=True)
@@ -153,27 +167,50 @@ class Ranking:
     n: int
     importances: dict[str, float] | None
     problem: str = ""
+    target_quantile: float = DEFAULT_TARGET_QUANTILE  # PED-ANOVA's top set: this share of the n trials
+
+    @property
+    def top(self) -> int:
+        """Trials in PED-ANOVA's top set (ties at its edge aside)."""
+        return math.ceil(self.target_quantile * self.n - 1e-9)
+
+
+def scored_study(scored: Sequence[tuple[FrozenTrial, float]]) -> optuna.Study:
+    """An in-memory study of these trials, each with this score as its value."""
+    study = optuna.create_study(direction="maximize")
+    study.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=value)
+                      for t, value in scored])
+    return study
+
+
+def feasible_complete(study: optuna.Study) -> optuna.Study:
+    """The study's feasible complete trials, with their final scores: what importance is computed over."""
+    return scored_study([(t, t.value) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                         if feasible(t) and math.isfinite(t.value)])
+
+
+def evaluator(trials: int) -> optuna.importance.PedAnovaImportanceEvaluator:
+    return EVALUATOR(target_quantile=target_quantile(trials))
 
 
 def importances(study: optuna.Study) -> list[Ranking]:
-    """EVALUATOR over the complete trials, then over all that reached the first evaluation (scored there)."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if math.isfinite(t.value)]
+    """EVALUATOR over the feasible complete trials, then over the feasible ones that reached the first
+    evaluation (scored there)."""
     reached = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-               if first_score(t) is not None]
-    at_first = optuna.create_study(direction="maximize")
-    at_first.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions,
-                                                   value=first_score(t)) for t in reached])
-    return [_ranking(study, "complete trials (final score)", len(complete)),
-            _ranking(at_first, "trials that reached the first evaluation, complete and pruned (score there)",
-                     len(reached))]
+               if feasible(t) and first_score(t) is not None]
+    return [_ranking(feasible_complete(study), "feasible complete trials (final score)"),
+            _ranking(scored_study([(t, first_score(t)) for t in reached]),
+                     "feasible trials that reached the first evaluation, complete and pruned (score there)")]
 
 
-def _ranking(study: optuna.Study, trials: str, n: int) -> Ranking:
+def _ranking(study: optuna.Study, trials: str) -> Ranking:
+    n = len(study.trials)
+    quantile = target_quantile(n)
     try:
-        found = optuna.importance.get_param_importances(study, evaluator=EVALUATOR())
+        found = optuna.importance.get_param_importances(study, evaluator=evaluator(n))
     except (ValueError, RuntimeError, ZeroDivisionError) as error:
-        return Ranking(trials, n, None, " ".join(str(error).split()))
+        return Ranking(trials, n, None, " ".join(str(error).split()), quantile)
     if not found:
-        return Ranking(trials, n, None, "no parameter varies across these trials")
-    return Ranking(trials, n, found)
+        return Ranking(trials, n, None, "no parameter varies across these trials", quantile)
+    return Ranking(trials, n, found, "", quantile)
 

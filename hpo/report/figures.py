@@ -21,7 +21,7 @@ from plotly.subplots import make_subplots
 
 from hpo.report import pareto, trial_budget
 from hpo.report.compare import Comparison
-from hpo.report.factors import EVALUATOR, Effect
+from hpo.report.factors import Effect, evaluator, feasible_complete
 from hpo.report.results import Summary, present_classes
 from segtrain.data.labels import CLASS_NAMES
 from segtrain.fileio import write_atomic
@@ -54,12 +54,13 @@ def figures(study: optuna.Study, summaries: Sequence[Summary], effects: Sequence
     searched = {name for t in study.get_trials(deepcopy=False) for name in t.params}
     slice_params = [p for p in SLICE_PARAMS if p in searched]
     vis = optuna.visualization
+    feasible = feasible_complete(study)
     return {
         "optimization-history": ("Optimization history", _try(lambda: vis.plot_optimization_history(
             study, target_name="val mIoU"))),
-        "param-importances": ("Parameter importance (PED-ANOVA, complete trials)",
-                              _try(lambda: vis.plot_param_importances(study, evaluator=EVALUATOR(),
-                                                                      target_name="val mIoU"))),
+        "param-importances": ("Parameter importance (PED-ANOVA, feasible complete trials)",
+                              _try(lambda: vis.plot_param_importances(
+                                  feasible, evaluator=evaluator(len(feasible.trials)), target_name="val mIoU"))),
         "ablation-forest": ("Controlled experiments: each factor's effect, difference from the centre with its "
                             "95% interval (paired by seed)",
                             forest(experiments) if experiments else "no [finalize.ablation] experiment finished"),

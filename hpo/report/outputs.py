@@ -52,7 +52,9 @@ class Outputs:
 def results_header(spec: StudySpec, options: FinalizeOptions, analysis: Analysis) -> dict[str, Any]:
     search = spec.train_config()
     return {"study": spec.study.name, "spec": str(spec.path), "storage": safe_url(spec.study.storage),
-            "epochs": options.epochs, "seeds": list(options.seeds),
+            "epochs": options.epochs, "seeds": list(options.seeds), "search_seed": search.seed,
+            "seeds_shared_with_search": [seed for seed in options.seeds if seed == search.seed],
+            "primary_protocol": analysis.primary,
             "splits": {"search_train": search.train_split, "search_val": search.val_split,
                        "final_train": options.train_split, "final_val": options.val_split,
                        "selected_on_reported_split": search.val_split == options.val_split}}
@@ -65,8 +67,10 @@ def results_extra(spec: StudySpec, analysis: Analysis) -> dict[str, Any]:
                    for c in analysis.family(ABLATION) if c.a in factors]
     return {"experiments": experiments,
             "rank_agreement": {"configurations": list(analysis.agreement.names), "n": rank.n, "tau": rank.tau,
-                               "p": rank.p, "protocol": OWN_PROTOCOL, "search_schedule": search_schedule(spec)},
-            "importance": [{"trials": r.trials, "n": r.n, "importances": r.importances, "problem": r.problem}
+                               "p": rank.p, "p_method": rank.method, "p_floor": rank.p_floor,
+                               "protocol": OWN_PROTOCOL, "search_schedule": search_schedule(spec)},
+            "importance": [{"trials": r.trials, "n": r.n, "importances": r.importances, "problem": r.problem,
+                            "target_quantile": r.target_quantile, "top_set": r.top}
                            for r in analysis.rankings]}
 
 
@@ -74,7 +78,7 @@ def write(spec: StudySpec, study: optuna.Study, options: FinalizeOptions, runs: 
           final_dir: Path, shown: Gallery | None = None) -> Outputs:
     """Every output file, atomically, then the study's artifacts and note; with `shown`, the gallery's
     pictures in <final>/predictions/ too."""
-    analysis = analyse(spec, study, runs)
+    analysis = analyse(spec, study, runs, options)
     final_dir.mkdir(parents=True, exist_ok=True)
     pictures = gallery.draw(shown, final_dir / PREDICTIONS) if shown is not None else []
     experiments = [c for c in analysis.family(ABLATION) if c.protocol == analysis.protocols[0]]

@@ -20,14 +20,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hpo.report.stats import Sample, sample
 from segtrain.config import TrainConfig
 from segtrain.data.labels import CLASS_NAMES
 from segtrain.errors import UserError
-from segtrain.evaluation import OWN_PROTOCOL
+from segtrain.evaluation import OWN_PROTOCOL, PER_IMAGE_COUNTS
+from segtrain.metrics import read_per_image_counts
 from segtrain.records import RUNTIME_FIELDS, TrainResult
 
 RESULT = "result.json"
+# A run whose loss became NaN or infinite has the status "diverged: ...". Divergence is an outcome of the
+# configuration (its learning rate, its schedule) on that seed, like a low mIoU, so the comparisons count it
+# (hpo.report.compare: "unstable"). The other failures say nothing about how the configuration trains:
+# "weights unavailable" (offline, a bad file) and "out of memory" (the device's size: it hits a
+# configuration on every seed, whatever its accuracy) are listed and left out, as a full disk or Ctrl-C,
+# which stop finalize and are resumed, are never recorded at all.
+DIVERGED = "diverged"
 # (column, TrainResult attribute): the per-run numbers besides mIoU, averaged over seeds
 METRICS = (("pixel_accuracy", "pixel_accuracy"), ("seconds", "seconds"),
            ("images_per_second", "images_per_second"), ("peak_memory_bytes", "peak_memory_bytes"),
@@ -98,7 +108,7 @@ class FinalRun:
     seed: int
     run_dir: Path
     result: TrainResult | None
-    status: str  # "ok", "weights unavailable: ...", "diverged: ...", "out of memory: ..."
+    status: str  # "ok", "weights unavailable: ...", "diverged: ..." (DIVERGED), "out of memory: ..."
     how: str  # "trained", "resumed", "reused" or "not run"
     evaluations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # protocol -> evaluate_run's dict
 
@@ -109,6 +119,21 @@ class FinalRun:
             return self.result.final_miou
         evaluation = self.evaluations.get(protocol)
         return None if evaluation is None else float(evaluation["miou"])
+
+    @property
+    def diverged(self) -> bool:
+        return self.status.startswith(DIVERGED)
+
+    def per_image_counts(self, protocol: str = OWN_PROTOCOL) -> tuple[list[str], np.ndarray] | None:
+        """(val image ids, per image and class TP, FP, FN) of the `protocol` evaluation, where the run kept
+        them (runs trained or evaluated before they were kept have none)."""
+        if self.result is None:
+            return None
+        if protocol == OWN_PROTOCOL:
+            path = self.run_dir / PER_IMAGE_COUNTS
+        else:
+            path = self.evaluations.get(protocol, {}).get("per_image_counts")
+        return read_per_image_counts(path) if path is not None and Path(path).is_file() else None
 
     def protocol(self, protocol: str = OWN_PROTOCOL) -> EvalProtocol | None:
         """How this run's `protocol` mIoU was measured (for matching published figures)."""
@@ -166,6 +191,11 @@ class Summary:
             reasons.setdefault(run.status, []).append(run.seed)
         return "; ".join(f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}: {reason}"
                          for reason, seeds in reasons.items())
+
+    @property
+    def diverged(self) -> tuple[int, ...]:
+        """The seeds whose run diverged."""
+        return tuple(run.seed for run in self.runs if run.diverged)
 
     def by_seed(self, protocol: str = OWN_PROTOCOL) -> dict[int, float]:
         return {run.seed: value for run in self.runs if (value := run.miou(protocol)) is not None}

@@ -64,27 +64,30 @@ def final_table(summaries: Sequence[Summary]) -> str:
 
 
 def comparison_table(comparisons: Sequence[Comparison]) -> str:
-    headers = ["a", "b", "protocol", "seeds", "a - b", "95% CI", "p (paired t)", "p Holm", "p sign-flip",
-               "detectable (80%)", "verdict"]
+    headers = ["a", "b", "protocol", "seeds", "a - b", "95% CI (seeds)", "95% CI (val images)", "p (paired t)",
+               "p Holm", "p sign-flip", "detectable (80%)", "verdict"]
     rows = [[c.a, c.b, c.protocol, c.paired.n, "-" if c.paired.difference is None else f"{c.paired.difference:+.4f}",
-             interval(c.paired.ci95, "+.4f"), _p(c.paired.p), _p(c.p_holm), _p(c.paired.p_permutation),
+             interval(c.paired.ci95, "+.4f"), interval(c.bootstrap.ci95 if c.bootstrap else None, "+.4f"),
+             _p(c.paired.p), _p(c.p_holm), _p(c.paired.p_permutation),
              "-" if c.paired.mdd is None else f"{c.paired.mdd:.4f}", c.verdict] for c in comparisons]
     return markdown_table(headers, rows)
 
 
 def ablation_table(centre: Summary, rows_for: Sequence[tuple[Summary, Comparison]], protocol: str) -> str:
     """Every experiment of the ablation: its factor and value, its mIoU, and its difference from the centre
-    (paired by seed, Holm-adjusted over the experiments) with the verdict; the centre first, for reference."""
-    headers = ["factor", "value", "configuration", "seeds", miou_title(protocol), "95% CI", "vs centre", "95% CI",
-               "p Holm", "verdict"]
+    (paired by seed, Holm-adjusted over the experiments; its interval over seeds and over val images) with
+    the verdict; the centre first, for reference."""
+    headers = ["factor", "value", "configuration", "seeds", miou_title(protocol), "95% CI", "vs centre",
+               "95% CI (seeds)", "95% CI (val images)", "p Holm", "verdict"]
     stat = centre.miou[protocol]
-    rows = [["(centre)", "", centre.name, centre.seeds, mean_std(stat), interval(stat.ci95), "", "", "", ""]]
+    rows = [["(centre)", "", centre.name, centre.seeds, mean_std(stat), interval(stat.ci95), "", "", "", "", ""]]
     for s, c in rows_for:
         stat = s.miou[protocol]
         field, value = s.configuration.factor
         rows.append([field, _value(value), s.name, s.seeds, mean_std(stat), interval(stat.ci95),
                      "-" if c.paired.difference is None else f"{c.paired.difference:+.4f}",
-                     interval(c.paired.ci95, "+.4f"), _p(c.p_holm), c.verdict])
+                     interval(c.paired.ci95, "+.4f"), interval(c.bootstrap.ci95 if c.bootstrap else None, "+.4f"),
+                     _p(c.p_holm), c.verdict])
     return markdown_table(headers, rows)
 
 
@@ -207,6 +210,7 @@ def configuration_record(s: Summary, classes: Sequence[int]) -> dict[str, Any]:
             "search_value": c.search_value, "factor": list(c.factor) if c.factor else None, "params": c.params,
             "config": c.config.to_dict(), "seeds_planned": len(s.runs), "seeds_finished": len(s.ok),
             "status": s.status, "failed": [{"seed": run.seed, "reason": run.status} for run in s.failed],
+            "diverged_seeds": list(s.diverged),
             **{miou_key(p): stat.record() for p, stat in s.miou.items()},
             **{column: stat.record() for column, stat in s.stats.items()},
             "per_class_iou": {CLASS_NAMES[k]: s.per_class_iou[k].record() for k in classes}}

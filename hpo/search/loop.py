@@ -26,7 +26,7 @@ from hpo.space import enqueue_seeded
 from hpo.spec import StudySpec
 from hpo.storage_urls import dashboard_command, local_path, safe_url
 from hpo.trials import Counts, describe, spent_seconds, summary_lines
-from segtrain.data import require_splits
+from segtrain.data import require_disjoint_splits, require_splits
 from segtrain.errors import DiskFull, UserError
 from segtrain.progress import progress
 
@@ -88,12 +88,15 @@ def prepare(spec: StudySpec) -> optuna.Study:
 
 
 def require_data(spec: StudySpec) -> None:
-    """The data every trial reads exists: its root, split files, and each listed image and mask.
+    """The data every trial reads exists (its root, split files, and each listed image and mask), and the
+    split it is scored on shares no image with the split it trains on.
 
-    Skipped when the space searches where the data comes from; each trial checks its own then.
+    Skipped when the space searches where the data comes from; each trial checks its own files then.
     """
     if not any(param.name in DATA_FIELDS or param.name.startswith("synthetic") for param in spec.space):
-        require_splits(spec.train_config())
+        config = spec.train_config()
+        require_splits(config)  # a synthetic set is made here, on first use
+        require_disjoint_splits(config, f"{spec.path}: [train]")
 
 
 class QuietReportedFailures(logging.Filter):

@@ -169,7 +169,7 @@ class FinalizeOptions:
     optional sub-tables: [finalize.scratch] (the scratch arm's recipe) and [finalize.ablation]."""
 
     top_k: int = 4
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (1, 2, 3)  # apart from the search's [train] seed (0): new runs, not the selecting one
     epochs: float = TrainConfig.epochs  # the full budget: the standard 30k-iteration recipe
     pretrained_weights: str | None = None  # ResNet-101 ImageNet state_dict; None: torchvision's
     train_split: str = "train_aug"  # finalize trains on all of train_aug ...
@@ -204,7 +204,7 @@ class FinalizeOptions:
         if len(set(self.variants)) < len(self.variants):
             raise ConfigError("variants", f"must not repeat a model, got {list(self.variants)}")
         object.__setattr__(self, "variants", tuple(self.variants))
-        if self.val_split == self.train_split:
+        if self.val_split == self.train_split:  # by name here; finalize compares the two lists' image ids too
             raise ConfigError("val_split", f"must differ from train_split ({self.train_split!r}): a table "
                                            "scored on its training images says nothing")
         object.__setattr__(self, "seeds", tuple(self.seeds))

@@ -210,13 +210,16 @@ def _size(shape: Sequence[int]) -> str:
 
 
 class VOCSegmentation(torch.utils.data.Dataset):
-    """One VOC split as (image float32 3xHxW normalised, mask int64 HxW) pairs.
+    """One VOC split as (image uint8 3xHxW, mask uint8 HxW) pairs (transforms.to_device makes a batch
+    of them the model's input).
 
     `dataset[index]` or `dataset[index, seed]`: with a seed the transform runs on a
-    forked torch RNG seeded with it, so a sample's augmentation depends only on
-    (index, seed), whichever worker loads it and wherever a run resumes.
+    forked CPU RNG seeded with it, so a sample's augmentation depends only on
+    (index, seed), whichever worker loads it and wherever a run resumes. Only the CPU
+    generator is seeded: with workers = 0 the loader runs in the training process, whose
+    CUDA generators (dropout, the checkpointed CUDA RNG) must not be reset every sample.
     `transform` gets (tv_tensors.Image uint8, tv_tensors.Mask uint8) and defaults to
-    `eval_transform()` (normalise only, full size).
+    `eval_transform()` (the full image, unchanged).
     """
 
     def __init__(self, voc_dir: str | os.PathLike[str], split: str, transform: Transform | None = None,
@@ -255,5 +258,5 @@ class VOCSegmentation(torch.utils.data.Dataset):
         if seed is None:
             return self.transform(image, mask)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # not torch.manual_seed: that reseeds every CUDA device too
             return self.transform(image, mask)
