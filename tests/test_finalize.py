@@ -543,12 +543,18 @@ def test_weights_unavailable_is_that_rows_status_and_everything_else_completes(f
     assert (r101["n"], r101["difference"], r101["p"], r101["verdict"]) == (0, None, None, "inconclusive")
     assert r101["reason"] == "0 seeds finished in both, a test needs 2"
     report = (FINAL / "report.md").read_text()
-    assert re.search(r"^\| r101-imagenet .*\| 0/2 .*\| seeds 0, 1: weights unavailable: cannot download",
+    # the row counts its failures and points to the note that holds the reason, once for both seeds
+    assert re.search(r"^\| r101-imagenet +\| .* \| 0/2 \(2 failed, note 1\) +\|", report, re.M)
+    assert re.search(r"^1\. `r101-imagenet` seed 0, `r101-imagenet` seed 1: weights unavailable: cannot download",
                      report, re.M)
+    findings = report.split("## Findings")[1].split("\n## ")[0]
+    assert "**ResNet-101, ImageNet-pretrained vs from scratch** ([detail](#resnet-101-imagenet-pretrained-vs-from-" \
+           "scratch)): not compared (seeds 0, 1: weights unavailable" in findings
     assert "No ResNet-101 comparison: the ImageNet-pretrained run has no result (seeds 0, 1: weights " \
            "unavailable" in report
     assert "--pretrained-weights PATH" in report
-    assert re.search(r"^\| r101-imagenet .*weights unavailable", out, re.M)
+    assert re.search(r"^\| r101-imagenet .*\| 0/2 \(2 failed, note 1\) ", out, re.M)  # the terminal's table too
+    assert re.search(r"^1\. `r101-imagenet` seed 0, `r101-imagenet` seed 1: weights unavailable", out, re.M)
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -589,3 +595,20 @@ def test_a_crf_protocol_without_its_extra_stops_before_any_training(spec, workdi
     for argv in (["--study", str(with_crf), "--dry-run"], ["--study", str(with_crf)]):
         code, _, err = quiet(argv)
         assert code == 2 and "pip install -e '.[crf]'" in err and err.count("\n") == 1, err
+
+
+def test_the_report_opens_with_findings_that_carry_the_verdicts_of_results_json(finalized):
+    report = finalized["files"]["report.md"]
+    title, what, heading = report.splitlines()[0], report.splitlines()[2], report.splitlines()[4]
+    assert title == "# Final results: study `fin`" and what.startswith("5 configurations retrained") \
+        and heading == "## Findings"
+    findings = report.split("## Findings")[1].split("\n## ")[0]
+    data = json.loads(finalized["files"]["results.json"])
+    decided = [c for c in data["comparisons"] if c["protocol"] == "ss" and c["n"] >= 2]
+    assert decided
+    for c in decided:
+        assert f"{c['difference']:+.4f} mIoU ss" in findings and f"{c['verdict']} at {c['n']} seeds" in findings, c
+    for title in ("Against the baseline", "What each factor does: controlled experiments", "Cost and accuracy"):
+        assert f"## {title}\n" in report and f"(#{re.sub(r'[^a-z0-9 -]', '', title.lower()).replace(' ', '-')})" \
+            in findings
+    assert "**What it cost**" in findings and len(findings.strip().splitlines()) <= 15

@@ -14,10 +14,11 @@ from typing import Any
 import optuna
 
 from hpo.markdown import markdown_table
-from hpo.report import compare, pareto, tables
+from hpo.report import compare, findings, pareto, tables
 from hpo.report.analysis import Analysis
 from hpo.report.compare import Comparison
 from hpo.report.factors import EVALUATOR_NAME, MIN_TOP_TRIALS, Effect, Ranking
+from hpo.report.gallery import Gallery
 from hpo.report.published import PUBLISHED, matches
 from hpo.report.results import OWN_PROTOCOL, Summary, find, miou_title
 from hpo.report.stats import (
@@ -212,7 +213,7 @@ def ablation_lines(analysis: Analysis, options: FinalizeOptions) -> list[str]:
     centre = find(analysis.summaries, "ablation-centre")
     if not ablation.factors or centre is None:
         return ["No `[finalize.ablation]` in the spec: no controlled one-factor experiments.", ""]
-    protocol = analysis.protocols[0]
+    protocol = analysis.primary
     found = [c for c in analysis.family(compare.ABLATION) if c.protocol == protocol]
     by_name = {s.name: s for s in analysis.summaries}
     cfg = centre.configuration.config
@@ -226,6 +227,33 @@ def ablation_lines(analysis: Analysis, options: FinalizeOptions) -> list[str]:
              "final table. Figure: `ablation-forest` in [figures.html](figures.html).", "",
              tables.ablation_table(centre, [(by_name[c.a], c) for c in found], protocol), ""]
     return lines + [f"- {c.sentence()}" for c in found] + [""]
+
+
+def gallery_lines(shown: Gallery) -> list[str]:
+    """The pictures of final/predictions/, each with why its image was chosen."""
+    arms = ", ".join(f"{p.label} (`{p.configuration}`, seed {p.seed})" for p in shown.panels)
+    lines = [f"Per val image: the image, its ground truth and the prediction of {arms}, under `{shown.protocol}`, in "
+             "VOC's colours (void in its cream); each prediction titled with that image's mIoU.", ""]
+    for image_id in shown.ids:
+        lines += [f"![{image_id}](predictions/{image_id}.png)", "", f"`{image_id}`: {shown.reasons[image_id]}.", ""]
+    return lines
+
+
+def family_lines(analysis: Analysis) -> list[str]:
+    """What DeepLab's two additions buy on top of the tuned DeepLabV3: the V3+ decoder ([finalize] variants, a
+    retrained configuration) and the dense CRF (a protocol: the same runs post-processed)."""
+    variants = [c for c in analysis.family(compare.VARIANT) if c.protocol == analysis.primary]
+    gains = compare.crf_gains(analysis.summaries, analysis.protocols)
+    lines = []
+    if variants:
+        lines += ["The best configuration retrained as each `[finalize] variants` model over the same seeds, paired by "
+                  "seed with the best DeepLabV3 and Holm-adjusted over the variants; its cost is the final table's "
+                  "seconds column.", "", *(f"- {c.sentence()}" for c in variants), ""]
+    if gains:
+        lines += ["The dense CRF refines the same runs' averaged probabilities (segtrain.crf, DeepLab v2's settings), "
+                  "so each seed is compared with itself without the CRF: what it buys, and at what evaluation time "
+                  "(CPU work, in a pool of processes).", "", *(f"- {gain.sentence()}." for gain in gains), ""]
+    return lines
 
 
 def factor_lines(found: Sequence[Effect]) -> list[str]:
@@ -309,40 +337,46 @@ def published_lines(spec: StudySpec, final_dir: Path, summaries: Sequence[Summar
 
 
 def report_markdown(spec: StudySpec, study: optuna.Study, options: FinalizeOptions, analysis: Analysis,
-                    png_line: str, final_dir: Path) -> str:
+                    png_line: str, final_dir: Path, shown: Gallery | None = None) -> str:
     counts = Counts.of(study)
     summaries = analysis.summaries
     final_seconds = sum(run.result.seconds for s in summaries for run in s.ok)
     scratch = options.scratch.epochs_multiplier
+    configurations = len(summaries)
     lines = [
         f"# Final results: study `{spec.study.name}`", "",
-        f"Spec `{spec.path}`, storage `{safe_url(spec.study.storage)}`. Each configuration was retrained on "
-        f"`{options.train_split}` for {options.epochs:g} epochs"
+        f"{configurations} configurations retrained on `{options.train_split}` for {options.epochs:g} epochs"
         + (f" ({options.epochs * scratch:g} for the scratch arm)" if scratch != 1 else "")
-        + f" with seeds {', '.join(map(str, options.seeds))}, and scored on `{options.val_split}` at the end of "
-        f"training. {selection_sentence(spec, options)}"
+        + f" with seeds {', '.join(map(str, options.seeds))} after a search of {len(study.trials)} trials, scored "
+        f"on `{options.val_split}`; verdicts under `{analysis.primary}`, each at the seeds both arms finished.", "",
+        "## Findings", "", *findings.lines(spec, study, options, analysis), "",
+        "## Final table", "",
+        f"Spec `{spec.path}`, storage `{safe_url(spec.study.storage)}`. {selection_sentence(spec, options)}"
         + (f" {overlap}" if (overlap := seed_overlap_sentence(spec, options)) else ""), "",
         f"Per configuration: seeds finished/planned, the {miou_title(OWN_PROTOCOL)} (single scale, at the output "
         "stride it trained with, no flip) as mean ± sample standard deviation over the finished seeds, and the "
-        "95% t-interval of that mean. A seed that failed (diverged, out of memory, weights unavailable) is listed "
-        "with its reason and left out of the mean, never dropped silently; a diverged seed is also an outcome "
+        "95% t-interval of that mean. A seed that failed (diverged, out of memory, weights unavailable) is counted "
+        "in its row and its reason given in the notes below the table, and it is left out of the mean, never "
+        "dropped silently; a diverged seed is also an outcome "
         "of its configuration, so every comparison of that configuration is unstable rather than judged on the "
         "seeds it survived (out of memory and unavailable weights say nothing of how a configuration trains). "
         "Peak memory is each run's own (CUDA: "
         "the most the allocator reserved; CPU: peak resident set since the run started, what the process already "
         "held included).",
         "",
-        "## Final table", "", tables.final_table(summaries), "",
+        tables.final_table(summaries), "",
     ]
     if any("weights unavailable" in s.status for s in summaries):
         lines += ["To run the pretrained ResNet-101 offline, pass a local torchvision ResNet-101 state_dict: "
                   "`--pretrained-weights PATH` (or `[finalize] pretrained_weights`).", ""]
     lines += [
-        "## Against the baseline", "", *baseline_lines(analysis, options),
-        "## Did the search's ranking hold at full budget?", "", *rank_lines(spec, study, options, analysis),
-        "## ResNet-101: ImageNet-pretrained vs from scratch", "", *r101_lines(analysis),
-        "## What each factor does: controlled experiments", "", *ablation_lines(analysis, options),
-        "## Cost and accuracy", "", *cost_lines(spec, study, summaries),
+        f"## {findings.BASELINE}", "", *baseline_lines(analysis, options),
+        f"## {findings.RANK}", "", *rank_lines(spec, study, options, analysis),
+        f"## {findings.R101}", "", *r101_lines(analysis),
+        f"## {findings.ABLATION}", "", *ablation_lines(analysis, options),
+        *([f"## {findings.FAMILY}", "", *family] if (family := family_lines(analysis)) else []),
+        *([f"## {findings.PICTURES}", "", *gallery_lines(shown)] if shown is not None else []),
+        f"## {findings.COST}", "", *cost_lines(spec, study, summaries),
         "## Per-class IoU (mean ± std over seeds)", "", tables.per_class_table(summaries), "",
         "## Search summary", "",
         *(f"- {line}" for line in summary_lines(study)),
@@ -356,10 +390,12 @@ def report_markdown(spec: StudySpec, study: optuna.Study, options: FinalizeOptio
         "## What the search's trials suggest about each factor (observational)", "", *factor_lines(analysis.effects),
         "## Parameter importance", "", *importance_lines(analysis.rankings),
         "## Figures", "",
-        "[figures.html](figures.html): optimization history, parameter importance, what each factor does, parallel "
-        "coordinates, slice plots, mIoU against device-hours (final configurations and search trials, Pareto "
-        "fronts marked), learning curves of the final runs and per-class IoU bars (self-contained, works "
-        f"offline). {png_line}.", "",
+        "[figures.html](figures.html): the gallery of predictions, optimization history, parameter importance, "
+        "the expected best score against the number of trials, the controlled experiments' forest plot, what the "
+        "search's trials suggest of each factor, parallel coordinates, slice plots, mIoU against device-hours "
+        "(final configurations and search trials, Pareto fronts marked), learning curves of the final runs, "
+        "per-class IoU bars and the best configuration's confusion matrix (self-contained, works offline). "
+        f"{png_line}.", "",
         "Files: " + ", ".join(f"[{name}]({name})" for name in FILES[1:]) + ".", "",
         *published_lines(spec, final_dir, summaries),
     ]

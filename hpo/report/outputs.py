@@ -81,7 +81,7 @@ def write(spec: StudySpec, study: optuna.Study, options: FinalizeOptions, runs: 
     analysis = analyse(spec, study, runs, options)
     final_dir.mkdir(parents=True, exist_ok=True)
     pictures = gallery.draw(shown, final_dir / PREDICTIONS) if shown is not None else []
-    experiments = [c for c in analysis.family(ABLATION) if c.protocol == analysis.protocols[0]]
+    experiments = [c for c in analysis.family(ABLATION) if c.protocol == analysis.primary]
     drawn = figures(study, analysis.summaries, analysis.effects, experiments,
                     shown.confusion if shown is not None else None)
     if shown is not None:
@@ -96,7 +96,7 @@ def write(spec: StudySpec, study: optuna.Study, options: FinalizeOptions, runs: 
     write_text_atomic(final_dir / "per_class_iou.csv", tables.per_class_csv(analysis.summaries))
     write_text_atomic(final_dir / "figures.html", figures_html(f"Study {spec.study.name}: figures", drawn,
                                                                {"factor-effects": FACTOR_CAVEAT}))
-    write_text_atomic(final_dir / "report.md", report_markdown(spec, study, options, analysis, png_line, final_dir))
+    write_text_atomic(final_dir / "report.md", report_markdown(spec, study, options, analysis, png_line, final_dir, shown))
     paths = [final_dir / name for name in FILES]
     artifact_dir = spec.study.output_dir / "artifacts"
     uploaded = attach(study, [*paths, *pictures], artifact_dir, note_markdown(spec, analysis))
