@@ -200,7 +200,10 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def head_logits(model: DeepLabV3, images: torch.Tensor) -> torch.Tensor:
+def head_logits(model: DeepLabV3 | DeepLabV3Plus, images: torch.Tensor) -> torch.Tensor:
     """The main head's logits at the backbone's resolution: the model's forward without its final
     upsampling (which the caller may then run in float32) and without the auxiliary head."""
-    return model.classifier(model.backbone(images)["out"])
+    features = model.backbone(images)
+    if isinstance(model, DeepLabV3Plus):  # its decoder also reads the stride-4 features
+        return model.classifier(features["out"], features["low_level"])
+    return model.classifier(features["out"])

@@ -3,12 +3,13 @@ from urllib.error import URLError
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 
 from segtrain.config import TrainConfig
 from segtrain.engine import train
 from segtrain.errors import WeightsError
-from segtrain.model import build_model, count_parameters, load_backbone_weights
+from segtrain.model import build_model, count_parameters, head_logits, load_backbone_weights
 from tests.test_train_cli import all_background_miou
 
 
@@ -202,3 +203,14 @@ def test_deeplabv3plus_learns_the_synthetic_set_as_deeplabv3_does(synthetic_voc)
     assert scores["deeplabv3plus"].parameters > scores["deeplabv3"].parameters  # the decoder was trained
     for model, result in scores.items():
         assert result.final_miou > floor + 0.04, (model, result.final_miou, floor)
+
+
+@pytest.mark.parametrize("model", ["deeplabv3", "deeplabv3plus"])
+def test_head_logits_upsampled_are_the_models_own_output(model):
+    """Evaluation upsamples head_logits itself (in float32): for V3 and V3+ alike, it is the forward's "out"."""
+    torch.manual_seed(0)
+    net = build_model("resnet50", 16, 21, None, False, model).eval()
+    images = torch.randn(1, 3, 41, 57)
+    with torch.no_grad():
+        upsampled = F.interpolate(head_logits(net, images), size=(41, 57), mode="bilinear", align_corners=False)
+        assert torch.allclose(upsampled, net(images)["out"], atol=1e-5)
