@@ -10,12 +10,15 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from hpo.finalize.gallery import DISAGREEING, DRAWN, choose, image_miou_of, write_mask
+from hpo.finalize.gallery import DISAGREEING, DRAWN, choose, image_miou_of, shown_runs, write_mask
 from hpo.report import gallery, trial_budget
 from hpo.report.gallery import Gallery, Panel
+from hpo.report.results import Configuration, FinalRun, summarize
+from segtrain.config import TrainConfig
 from segtrain.data.labels import IGNORE_INDEX, VOC_PALETTE
 from segtrain.data.synthetic import write_synthetic_voc
 from segtrain.data.voc import image_path, mask_path, read_mask, read_split_ids
+from segtrain.records import TrainResult
 
 
 def test_the_expected_best_of_n_trials_is_the_mean_best_over_every_draw():
@@ -78,3 +81,16 @@ def test_a_picture_holds_the_image_its_truth_and_each_prediction_in_the_voc_pale
     assert tuple(palette[IGNORE_INDEX]) == (224, 224, 192)
     assert np.array_equal(panel(2), palette[predictions["baseline"]])
     assert np.array_equal(panel(3), palette[predictions["top-1"]])
+
+
+def test_a_configuration_with_two_roles_is_one_panel_with_both_names():
+    def runs(name: str, roles: tuple[str, ...]) -> list[FinalRun]:
+        c = Configuration(name, "", roles, None, {}, TrainConfig(), None)
+        return [FinalRun(c, seed, Path(f"/runs/{name}/seed-{seed}"),
+                         TrainResult(c.config, 0.5, 0.5, [None] * 21, 0.9, 0.8, [], 1, 1.0, 1.0, 1, 1), "ok", "trained")
+                for seed in (2, 1)]
+
+    summaries = summarize([*runs("top-1", ("top", "baseline")), *runs("r101-scratch", ("r101-scratch",))])
+    panels = [panel for panel, _ in shown_runs(summaries)]
+    assert [(p.configuration, p.label, p.seed) for p in panels] == [
+        ("top-1", "baseline = best", 1), ("r101-scratch", "ResNet-101 scratch", 1)]  # each its first seed

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 
@@ -42,7 +43,12 @@ def shown_runs(summaries: Sequence[Summary]) -> list[tuple[Panel, FinalRun]]:
     shown: list[tuple[Panel, FinalRun]] = []
     for role, label in PANELS:
         summary = find(summaries, role)
-        if summary is None or not summary.ok or any(p.configuration == summary.name for p, _ in shown):
+        if summary is None or not summary.ok:
+            continue
+        same = next((i for i, (p, _) in enumerate(shown) if p.configuration == summary.name), None)
+        if same is not None:  # e.g. the baseline is the best: one panel, both names
+            panel, run = shown[same]
+            shown[same] = (dataclasses.replace(panel, label=f"{panel.label} = {label}"), run)
             continue
         run = min(summary.ok, key=lambda r: r.seed)
         shown.append((Panel(summary.name, label, run.seed, str(run.run_dir)), run))
@@ -53,7 +59,7 @@ def gallery(summaries: Sequence[Summary], protocol: str, directory: Path) -> Gal
     """The gallery of these runs (None without a best configuration): reused from `directory` when it was
     made from the same checkpoints under the same protocol, else predicted now."""
     shown = shown_runs(summaries)
-    if not any(panel.label == "best" for panel, _ in shown):
+    if not any("best" in panel.label.split(" = ") for panel, _ in shown):
         return None
     key = {"protocol": protocol, "runs": {p.configuration: [p.run_dir, run.result.steps] for p, run in shown}}
     previous = _read(directory / GALLERY_FILE)
@@ -65,11 +71,11 @@ def gallery(summaries: Sequence[Summary], protocol: str, directory: Path) -> Gal
 
 
 def _predict(shown: Sequence[tuple[Panel, FinalRun]], protocol: str, directory: Path) -> Gallery:
-    cfg = next(run for panel, run in shown if panel.label == "best").configuration.config
+    best = next(item for item in shown if "best" in item[0].label.split(" = "))
+    baseline = next((item for item in shown if item[0].label == "baseline"), None)  # None when it is the best
+    cfg = best[1].configuration.config
     voc_dir = voc_dir_for(cfg)
     val = VOCSegmentation(voc_dir, cfg.val_split)
-    best = next(item for item in shown if item[0].label == "best")
-    baseline = next((item for item in shown if item[0].label == "baseline"), None)
     confusion = ConfusionMatrix(NUM_CLASSES, ignore_index=IGNORE_INDEX)
     disagreement: dict[str, int] = {}
     batch_size = cfg.eval_batch_size  # shared by every configuration: the passes batch val alike
