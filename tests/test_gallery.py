@@ -61,10 +61,10 @@ def test_a_picture_holds_the_image_its_truth_and_each_prediction_in_the_voc_pale
     truth = read_mask(mask_path(voc, "val", image_id)).numpy()
     predictions = {"top-1": np.where(truth == IGNORE_INDEX, 0, truth), "baseline": np.zeros_like(truth)}
     for name, mask in predictions.items():
-        write_mask(tmp_path / "masks" / name / f"{image_id}.png", mask)
+        write_mask(tmp_path / "masks" / f"{name} ss" / f"{image_id}.png", mask)
     shown = Gallery("ss", "val", str(voc), [image_id], {image_id: "drawn at random (seed 0)"},
-                    [Panel("baseline", "baseline", 1, "-"), Panel("top-1", "best", 1, "-")],
-                    {name: {image_id: 0.5} for name in predictions}, None, str(tmp_path / "masks"))
+                    [Panel("baseline", "baseline", 1, "-", "ss"), Panel("top-1", "best", 1, "-", "ss")],
+                    {f"{name} ss": {image_id: 0.5} for name in predictions}, None, str(tmp_path / "masks"))
     [path] = gallery.draw(shown, tmp_path / "pictures")
     with PIL.Image.open(path) as sheet, PIL.Image.open(image_path(voc, image_id)) as image:
         sheet, image = np.array(sheet.convert("RGB")), np.array(image.convert("RGB"))
@@ -90,7 +90,10 @@ def test_a_configuration_with_two_roles_is_one_panel_with_both_names():
                          TrainResult(c.config, 0.5, 0.5, [None] * 21, 0.9, 0.8, [], 1, 1.0, 1.0, 1, 1), "ok", "trained")
                 for seed in (2, 1)]
 
-    summaries = summarize([*runs("top-1", ("top", "baseline")), *runs("r101-scratch", ("r101-scratch",))])
-    panels = [panel for panel, _ in shown_runs(summaries)]
-    assert [(p.configuration, p.label, p.seed) for p in panels] == [
-        ("top-1", "baseline = best", 1), ("r101-scratch", "ResNet-101 scratch", 1)]  # each its first seed
+    summaries = summarize([*runs("top-1", ("top", "baseline")), *runs("top-2", ("top",)),
+                           *runs("r101-scratch", ("r101-scratch",))])
+    panels = [panel for panel, _ in shown_runs(summaries, "ss", "crf")]
+    assert [(p.configuration, p.label, p.seed, p.protocol) for p in panels] == [  # each its first seed
+        ("top-1", "baseline = best", 1, "ss"), ("top-1", "best + dense CRF", 1, "crf"),
+        ("r101-scratch", "ResNet-101 scratch", 1, "ss")]
+    assert len({p.key for p in panels}) == 3  # the best's two panels keep their masks apart

@@ -12,9 +12,9 @@ runs, their checkpoints and the protocol stay the same.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator, Sequence
-import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,46 +22,59 @@ import numpy as np
 import torch
 
 from hpo.report.gallery import Gallery, Panel
-from hpo.report.results import FinalRun, Summary, find
+from hpo.report.results import FinalRun, Summary
 from segtrain.data import voc_dir_for
 from segtrain.data.labels import IGNORE_INDEX, NUM_CLASSES
 from segtrain.data.voc import VOCSegmentation, mask_path, mask_png, read_mask
 from segtrain.device import amp_dtype_for, resolve_device
-from segtrain.evaluation import PRESETS, load_run_model, predictions
+from segtrain.evaluation import PRESETS, load_run_model, predicted_labels
 from segtrain.fileio import write_atomic, write_json_atomic
 from segtrain.metrics import ConfusionMatrix
 
 GALLERY_FILE = "gallery.json"
 DISAGREEING, DRAWN, DRAW_SEED = 4, 4, 0
-# the configurations shown, in panel order, by role
-PANELS = (("baseline", "baseline"), ("top", "best"), ("r101-imagenet", "ResNet-101 pretrained"),
+# the configurations shown, in panel order, by role (the family's members after the best)
+PANELS = (("baseline", "baseline"), ("top", "best"), ("variant", "variant"), ("r101-imagenet", "ResNet-101 pretrained"),
           ("r101-scratch", "ResNet-101 scratch"))
 
 
-def shown_runs(summaries: Sequence[Summary]) -> list[tuple[Panel, FinalRun]]:
-    """The first finished seed of each configuration the gallery shows (a configuration with two roles once)."""
+def shown_runs(summaries: Sequence[Summary], protocol: str, crf_protocol: str | None = None
+               ) -> list[tuple[Panel, FinalRun]]:
+    """The first finished seed of each configuration the gallery shows, under `protocol` (a configuration
+    with two roles once), and the best again under `crf_protocol` when there is one."""
     shown: list[tuple[Panel, FinalRun]] = []
     for role, label in PANELS:
-        summary = find(summaries, role)
-        if summary is None or not summary.ok:
-            continue
-        same = next((i for i, (p, _) in enumerate(shown) if p.configuration == summary.name), None)
-        if same is not None:  # e.g. the baseline is the best: one panel, both names
-            panel, run = shown[same]
-            shown[same] = (dataclasses.replace(panel, label=f"{panel.label} = {label}"), run)
-            continue
-        run = min(summary.ok, key=lambda r: r.seed)
-        shown.append((Panel(summary.name, label, run.seed, str(run.run_dir)), run))
+        # the first of a role (top-1, the baseline, each ResNet-101 arm), and every variant
+        members = [s for s in summaries if s.role(role)][:None if role == "variant" else 1]
+        for summary in (s for s in members if s.ok):
+            same = next((i for i, (p, _) in enumerate(shown) if p.configuration == summary.name), None)
+            if same is not None:  # e.g. the baseline is the best: one panel, both names
+                panel, run = shown[same]
+                shown[same] = (dataclasses.replace(panel, label=f"{panel.label} = {label}"), run)
+            else:
+                run = min(summary.ok, key=lambda r: r.seed)
+                name = f"{label}: {summary.configuration.factor[1]}" if role == "variant" else label
+                shown.append((Panel(summary.name, name, run.seed, str(run.run_dir), protocol), run))
+    best = next(((p, run) for p, run in shown if _is_best(p)), None)
+    if best is not None and crf_protocol is not None:
+        panel, run = best
+        position = shown.index(best) + 1
+        shown.insert(position, (dataclasses.replace(panel, label="best + dense CRF", protocol=crf_protocol), run))
     return shown
 
 
-def gallery(summaries: Sequence[Summary], protocol: str, directory: Path) -> Gallery | None:
+def _is_best(panel: Panel) -> bool:
+    return "best" in panel.label.split(" = ")
+
+
+def gallery(summaries: Sequence[Summary], protocol: str, directory: Path,
+            crf_protocol: str | None = None) -> Gallery | None:
     """The gallery of these runs (None without a best configuration): reused from `directory` when it was
-    made from the same checkpoints under the same protocol, else predicted now."""
-    shown = shown_runs(summaries)
-    if not any("best" in panel.label.split(" = ") for panel, _ in shown):
+    made from the same checkpoints under the same protocols, else predicted now."""
+    shown = shown_runs(summaries, protocol, crf_protocol)
+    if not any(_is_best(panel) for panel, _ in shown):
         return None
-    key = {"protocol": protocol, "runs": {p.configuration: [p.run_dir, run.result.steps] for p, run in shown}}
+    key = {"protocol": protocol, "runs": {p.key: [p.run_dir, run.result.steps] for p, run in shown}}
     previous = _read(directory / GALLERY_FILE)
     if previous.get("key") == key:
         return _from_record(previous["gallery"])
@@ -71,7 +84,7 @@ def gallery(summaries: Sequence[Summary], protocol: str, directory: Path) -> Gal
 
 
 def _predict(shown: Sequence[tuple[Panel, FinalRun]], protocol: str, directory: Path) -> Gallery:
-    best = next(item for item in shown if "best" in item[0].label.split(" = "))
+    best = next(item for item in shown if _is_best(item[0]))
     baseline = next((item for item in shown if item[0].label == "baseline"), None)  # None when it is the best
     cfg = best[1].configuration.config
     voc_dir = voc_dir_for(cfg)
@@ -80,6 +93,7 @@ def _predict(shown: Sequence[tuple[Panel, FinalRun]], protocol: str, directory: 
     disagreement: dict[str, int] = {}
     batch_size = cfg.eval_batch_size  # shared by every configuration: the passes batch val alike
     passes = [_masks(run, protocol, val, batch_size) for run in (best[1], *(baseline[1:] if baseline else ()))]
+    # (the choice and the confusion matrix are of the gallery's protocol; a crf panel only shows the chosen images)
     for index, predicted in _together(passes):
         target = torch.from_numpy(read_mask(mask_path(voc_dir, cfg.val_split, val.ids[index])).numpy())
         confusion.update(torch.from_numpy(predicted[0]), target)
@@ -90,12 +104,12 @@ def _predict(shown: Sequence[tuple[Panel, FinalRun]], protocol: str, directory: 
     chosen = VOCSegmentation(voc_dir, cfg.val_split, ids=ids)
     image_miou: dict[str, dict[str, float]] = {}
     for panel, run in shown:
-        image_miou[panel.configuration] = {}
-        for index, predicted in _together([_masks(run, protocol, chosen, batch_size)]):
+        image_miou[panel.key] = {}
+        for index, predicted in _together([_masks(run, panel.protocol, chosen, batch_size)]):
             image_id = ids[index]
-            write_mask(directory / panel.configuration / f"{image_id}.png", predicted[0])
+            write_mask(directory / panel.key / f"{image_id}.png", predicted[0])
             target = read_mask(mask_path(voc_dir, cfg.val_split, image_id)).numpy()
-            image_miou[panel.configuration][image_id] = image_miou_of(predicted[0], target)
+            image_miou[panel.key][image_id] = image_miou_of(predicted[0], target)
     return Gallery(protocol, cfg.val_split, str(voc_dir), ids, reasons, [panel for panel, _ in shown], image_miou,
                    confusion.matrix.tolist(), str(directory))
 
@@ -130,17 +144,16 @@ def write_mask(path: Path, mask: np.ndarray) -> Path:
 
 def _masks(run: FinalRun, protocol_name: str, dataset: VOCSegmentation,
            batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(index, predicted class ids as uint8 HxW) of every image of `dataset`, batch by same-size batch."""
+    """(index, predicted class ids as uint8 HxW) of every image of `dataset`, as scoring under the protocol
+    predicts them (its CRF included), batch by same-size batch."""
     cfg = run.configuration.config
     protocol = PRESETS[protocol_name].for_run(cfg.output_stride)
     model, _, _ = load_run_model(run.run_dir, protocol.output_stride)
     device = resolve_device(cfg.device)
     model = model.to(device, memory_format=torch.channels_last)
-    for indices, scores, _ in predictions(model, dataset, device, scales=protocol.scales, flip=protocol.flip,
-                                          batch_size=batch_size, workers=cfg.workers,
-                                          amp_dtype=amp_dtype_for(device)):
-        labels = scores.float().argmax(dim=1).to(torch.uint8).cpu().numpy()
-        yield from zip(indices, labels)
+    for indices, labels, _ in predicted_labels(model, dataset, device, protocol, batch_size=batch_size,
+                                                workers=cfg.workers, amp_dtype=amp_dtype_for(device)):
+        yield from zip(indices, labels.to(torch.uint8).cpu().numpy())
 
 
 def _together(passes: Sequence[Iterator[tuple[int, np.ndarray]]]) -> Iterator[tuple[int, list[np.ndarray]]]:

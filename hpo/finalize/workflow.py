@@ -84,5 +84,6 @@ def finalize(spec: StudySpec, options: FinalizeOptions) -> Outputs:
     study, configurations, final_dir = planned(spec, options)
     log.info("%s", plan_text(spec, configurations, options, final_dir))
     runs = run_all(configurations, options.seeds, final_dir, options.eval, tracking)
-    shown = gallery(summarize(runs), options.eval[0], final_dir / PREDICTIONS / "masks")
+    crf = next((name for name in options.eval[1:] if PRESETS[name].crf), None)  # shown beside the best too
+    shown = gallery(summarize(runs), options.eval[0], final_dir / PREDICTIONS / "masks", crf)
     return write(spec, study, options, runs, final_dir, shown)

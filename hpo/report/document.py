@@ -231,7 +231,8 @@ def ablation_lines(analysis: Analysis, options: FinalizeOptions) -> list[str]:
 
 def gallery_lines(shown: Gallery) -> list[str]:
     """The pictures of final/predictions/, each with why its image was chosen."""
-    arms = ", ".join(f"{p.label} (`{p.configuration}`, seed {p.seed})" for p in shown.panels)
+    arms = ", ".join(f"{p.label} (`{p.configuration}`, seed {p.seed}"
+                     + (f", under `{p.protocol}`" if p.protocol != shown.protocol else "") + ")" for p in shown.panels)
     lines = [f"Per val image: the image, its ground truth and the prediction of {arms}, under `{shown.protocol}`, in "
              "VOC's colours (void in its cream); each prediction titled with that image's mIoU.", ""]
     for image_id in shown.ids:

@@ -32,22 +32,28 @@ class Panel:
     label: str  # what it is, e.g. "best"
     seed: int
     run_dir: str
+    protocol: str  # the [finalize] eval protocol it was predicted under: the gallery's, or a crf one
+
+    @property
+    def key(self) -> str:
+        """Names its masks and its images' mIoU: a configuration may be shown under two protocols."""
+        return f"{self.configuration} {self.protocol}"
 
 
 @dataclass(frozen=True)
 class Gallery:
-    protocol: str  # the [finalize] eval protocol the predictions were made under
+    protocol: str  # the [finalize] eval protocol the predictions were made under (a crf panel says its own)
     split: str  # the val split the images come from
     voc_dir: str
     ids: list[str]  # the images shown, in order
     reasons: dict[str, str]  # id -> why it was chosen
     panels: list[Panel]  # the configurations shown, in order
-    image_miou: dict[str, dict[str, float]]  # configuration -> id -> that image's mIoU
+    image_miou: dict[str, dict[str, float]]  # panel key -> id -> that image's mIoU
     confusion: list[list[int]] | None  # the best configuration's, over all of val (rows: ground truth)
-    directory: str  # where the masks are: <directory>/<configuration>/<id>.png
+    directory: str  # where the masks are: <directory>/<panel key>/<id>.png
 
-    def mask_path(self, configuration: str, image_id: str) -> Path:
-        return Path(self.directory) / configuration / f"{image_id}.png"
+    def mask_path(self, panel: Panel, image_id: str) -> Path:
+        return Path(self.directory) / panel.key / f"{image_id}.png"
 
     def record(self) -> dict[str, object]:
         """What results.json says of it."""
@@ -70,8 +76,8 @@ def picture(gallery: Gallery, image_id: str) -> PIL.Image.Image:
     truth = read_mask(mask_path(voc_dir, gallery.split, image_id)).numpy()
     panels.append(("ground truth", _coloured(PIL.Image.fromarray(truth, mode="P"))))
     for panel in gallery.panels:
-        with PIL.Image.open(gallery.mask_path(panel.configuration, image_id)) as mask:
-            miou = gallery.image_miou[panel.configuration][image_id]
+        with PIL.Image.open(gallery.mask_path(panel, image_id)) as mask:
+            miou = gallery.image_miou[panel.key][image_id]
             panels.append((f"{panel.label} ({panel.configuration}): mIoU {miou:.3f}", _coloured(mask)))
     return _grid(panels)
 
