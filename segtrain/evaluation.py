@@ -224,33 +224,50 @@ def score_batches(model: nn.Module, batches: Iterable[tuple[Sequence[int], torch
                   amp_dtype: torch.dtype | None = None, crf: bool = False,
                   per_image: PerImageCounts | None = None) -> Scores:
     """mIoU etc. of `model` over uint8 (dataset indices, images, masks) batches as eval_loader gives them,
-    each of images of one size, converted on `device` (summed over processes under torch.distributed, as
-    `per_image` is); with `crf`, each image's averaged softmax is refined by the dense CRF in a pool of CPU
-    processes (segtrain.crf.Refiner), which sees the photo's own uint8 pixels, before it is scored."""
+    each of images of one size, predicted as `labelled_batches` does (summed over processes under
+    torch.distributed, as `per_image` is)."""
     model.eval()
     matrix = ConfusionMatrix(NUM_CLASSES, device=device, ignore_index=IGNORE_INDEX)
-
-    def count(indices: Sequence[int], labels: torch.Tensor, masks: torch.Tensor) -> None:
+    for indices, labels, masks in labelled_batches(model, batches, device, scales=scales, flip=flip,
+                                                   amp_dtype=amp_dtype, crf=crf):
         matrix.update(labels, masks)
         if per_image is not None:
             per_image.update(indices, labels, masks)
+    matrix.all_reduce()
+    if per_image is not None:
+        per_image.all_reduce()
+    return matrix.compute()
 
+
+def labelled_batches(model: nn.Module, batches: Iterable[tuple[Sequence[int], torch.Tensor, torch.Tensor]],
+                     device: torch.device, *, scales: Sequence[float] = (1.0,), flip: bool = False,
+                     amp_dtype: torch.dtype | None = None, crf: bool = False
+                     ) -> Iterator[tuple[Sequence[int], torch.Tensor, torch.Tensor]]:
+    """(dataset indices, predicted class ids, masks) of uint8 batches converted on `device`; with `crf`, each
+    image's averaged softmax is refined by the dense CRF in a pool of CPU processes (segtrain.crf.Refiner),
+    which sees the photo's own uint8 pixels, and each comes alone. `model` in eval mode."""
     def scored() -> Iterator[tuple[Sequence[int], torch.Tensor, torch.Tensor, torch.Tensor]]:
         for indices, images, masks in batches:
             inputs, masks = to_device(images, masks, device)
             yield indices, images, predict(model, inputs, scales, flip, amp_dtype, probabilities=crf), masks
 
-    if crf:
-        with dense_crf.Refiner() as refiner:
-            for (index, mask), labels in refiner.labels(_crf_inputs(scored())):
-                count([index], torch.from_numpy(labels).to(mask.device)[None], mask[None])
-    else:
+    if not crf:
         for indices, _, scores, masks in scored():
-            count(indices, scores.argmax(dim=1), masks)
-    matrix.all_reduce()
-    if per_image is not None:
-        per_image.all_reduce()
-    return matrix.compute()
+            yield indices, scores.argmax(dim=1), masks
+        return
+    with dense_crf.Refiner() as refiner:
+        for (index, mask), labels in refiner.labels(_crf_inputs(scored())):
+            yield [index], torch.from_numpy(labels).to(mask.device)[None], mask[None]
+
+
+def predicted_labels(model: nn.Module, dataset: VOCSegmentation, device: torch.device, protocol: Protocol, *,
+                     batch_size: int = 8, workers: int | None = 0, amp_dtype: torch.dtype | None = None
+                     ) -> Iterator[tuple[Sequence[int], torch.Tensor, torch.Tensor]]:
+    """(dataset indices, predicted class ids, masks) of `dataset` under `protocol` (its scales, flip and CRF;
+    `model` built at its output stride), in same-size batches, as scoring predicts them."""
+    model.eval()
+    yield from labelled_batches(model, _batches(eval_loader(dataset, device, batch_size, workers), False), device,
+                                scales=protocol.scales, flip=protocol.flip, amp_dtype=amp_dtype, crf=protocol.crf)
 
 
 def _crf_inputs(scored: Iterable[tuple[Sequence[int], torch.Tensor, torch.Tensor, torch.Tensor]]

@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.error import URLError
 
 import optuna
+import PIL.Image
 import plotly.io
 import pytest
 import scipy.stats
@@ -266,7 +267,7 @@ def test_comparisons_are_paired_by_seed_with_scipys_numbers(finalized):
                for name in CONFIGURATIONS}
     comparisons = {(c["a"], c["b"]): c for c in data["comparisons"] if c["protocol"] == "ss"}
     # one of the two tops is the baseline (merged), so the other is the one top-k comparison; the ablation is
-    # compared with top-1, the best; pretrained with scratch. Each family has one member, so Holm leaves p be.
+    # compared with its centre, top-1, the best; pretrained with scratch. Each family has one member, so Holm leaves p be.
     baseline = next(c["configuration"] for c in data["configurations"] if "baseline" in c["roles"])
     other = next(name for name in ("top-1", "top-2") if name != baseline)
     assert list(comparisons) == [(other, baseline), ("ablation head_lr_multiplier=10.0", "top-1"),
@@ -310,7 +311,8 @@ def test_top_k_are_the_best_distinct_trials_and_the_baseline_merges_with_its_tri
     assert [c["trial"] for c in tops] == [t.number for t in ranked]
     assert [c["params"] for c in tops] == [t.params for t in ranked]
     baseline = next(c for c in tops if c["trial"] == 0)
-    assert baseline["roles"] == ["top", "baseline"] and baseline["description"].endswith("= baseline")
+    centre = ["ablation-centre"] if baseline is tops[0] else []  # the best is also the ablation's centre
+    assert baseline["roles"] == ["top", "baseline", *centre] and "= baseline" in baseline["description"]
     r101 = {c["configuration"]: c["config"] for c in data["configurations"][3:]}
     pretrained, scratch = r101["r101-imagenet"], r101["r101-scratch"]
     assert pretrained["backbone"] == scratch["backbone"] == "resnet101"
@@ -318,6 +320,11 @@ def test_top_k_are_the_best_distinct_trials_and_the_baseline_merges_with_its_tri
     # scratch: its own recipe from [finalize.scratch]: lr x 2, warm-up over half of its 1 epoch
     assert scratch["pretrained"] is None and scratch["lr"] == pytest.approx(2 * ranked[0].params["lr"])
     assert (scratch["warmup_epochs"], scratch["head_lr_multiplier"], scratch["epochs"]) == (0.5, 1.0, 1.0)
+    [experiment] = [e for e in data["experiments"] if e["protocol"] == "ss"]
+    assert (experiment["factor"], experiment["value"], experiment["a"], experiment["b"]) == (
+        "head_lr_multiplier", 10.0, "ablation head_lr_multiplier=10.0", "top-1")
+    assert experiment == {"factor": "head_lr_multiplier", "value": 10.0,
+                          **next(c for c in data["comparisons"] if c["a"] == experiment["a"] and c["protocol"] == "ss")}
     ablation = data["configurations"][2]
     assert ablation["roles"] == ["ablation"] and ablation["factor"] == ["head_lr_multiplier", 10.0]
     assert ablation["config"] == {**data["configurations"][0]["config"], "head_lr_multiplier": 10.0}
@@ -365,12 +372,13 @@ def test_report_has_the_table_comparisons_factors_importance_and_published_figur
     assert "arXiv:1811.08883" in r101
     assert re.search(r"^\| warmup_epochs +\| 0 +\| 0.5 +\|", r101, re.M)  # the two recipes side by side
     assert re.search(r"^\| lr +\| 0\.\d+ +\| 0\.\d+ +\|", r101, re.M)
-    ablation = report.split("## Ablation: one factor at a time")[1].split("\n## ")[0]
-    assert re.search(r"^\| 1.0 +\| top-1 +\| 2/2 .*\| \(reference\) ", ablation, re.M)
+    ablation = report.split("## What each factor does: controlled experiments")[1].split("\n## ")[0]
+    # the search budget is the full one here (both 1 epoch of train_aug), so the centre is top-1 itself
+    assert re.search(r"^\| \(centre\) +\| +\| top-1 +\| 2/2 ", ablation, re.M)
     ablated = comparisons["ablation head_lr_multiplier=10.0", "top-1"]
     difference = re.escape(f"{ablated['difference']:+.4f}")
-    assert re.search(rf"^\| 10.0 +\| ablation head_lr_multiplier=10.0 +\| 2/2 .*\| {difference} .*"
-                     rf"\| {ablated['verdict']} +\|", ablation, re.M)
+    assert re.search(rf"^\| head_lr_multiplier +\| 10 +\| ablation head_lr_multiplier=10.0 +\| 2/2 .*\| "
+                     rf"{difference} .*\| {ablated['verdict']} +\|", ablation, re.M)
     rank = report.split("## Did the search's ranking hold at full budget?")[1].split("\n## ")[0]
     tau = data["rank_agreement"]["tau"]
     assert ("Kendall's tau is undefined over top-1, top-2" in rank if tau is None else
@@ -385,10 +393,10 @@ def test_report_has_the_table_comparisons_factors_importance_and_published_figur
         assert re.search(rf"^\| {re.escape(configuration['configuration'])} +\| {sum(seconds) / 2 / 3600:.3g} +\| "
                          rf"{configuration['miou']['mean']:.4f} +\| (yes)? +\|", cost, re.M), configuration
     assert "On the front: " in cost and "In the search (2 complete feasible trials" in cost
-    factors = report.split("## What each factor does")[1].split("\n## ")[0]
+    factors = report.split("## What the search's trials suggest about each factor (observational)")[1].split("\n## ")[0]
     for param in ("lr", "optimizer", "momentum"):
         assert re.search(rf"^\| {param} +\| trials at 1st eval +\|", factors, re.M), param
-    assert "not a controlled experiment" in factors
+    assert "Observational, not controlled" in factors and "Kendall tau" in factors
     importance = report.split("## Parameter importance")[1].split("\n## ")[0]
     assert "PED-ANOVA" in importance and "the 2 feasible complete trials (final score)" in importance
     assert "the 2 feasible trials that reached the first evaluation, complete and pruned (score there)" in importance
@@ -412,10 +420,10 @@ def test_terminal_table_is_aligned(finalized):
 
 def test_figures_html_is_self_contained_and_holds_the_figures_data(finalized):
     page = finalized["files"]["figures.html"]
-    assert page.count("Plotly.newPlot(") == 9 and "<script src=" not in page  # plotly.js inlined, once
-    for figure_id in ("optimization-history", "param-importances", "factor-effects", "parallel-coordinate",
-                      "cost-final", "cost-search",
-                      "slice", "learning-curves", "per-class-iou"):
+    assert page.count("Plotly.newPlot(") == 12 and "<script src=" not in page  # plotly.js inlined, once
+    for figure_id in ("optimization-history", "param-importances", "expected-best", "ablation-forest",
+                      "factor-effects", "parallel-coordinate", "cost-final", "cost-search", "slice", "learning-curves",
+                      "per-class-iou", "confusion-matrix"):
         assert f'id="{figure_id}"' in page
     study = optuna.load_study(study_name="fin", storage="sqlite:///runs/fin/study.db")
     for trial in study.trials:
@@ -425,12 +433,32 @@ def test_figures_html_is_self_contained_and_holds_the_figures_data(finalized):
         assert f'"name":"{run_record["configuration"]} seed {run_record["seed"]}"' in page
         assert all(json.dumps(h["miou"]) in page for h in run_record["history"])
     assert '"background"' in page
+    assert page.count('<img src="data:image/png;base64,') == len(data["gallery"]["ids"])  # the gallery, inlined
+
+
+def test_the_gallery_shows_each_chosen_val_image_with_every_arms_prediction(finalized):
+    data = json.loads(finalized["files"]["results.json"])
+    shown = data["gallery"]
+    assert shown["protocol"] == "ss" and shown["split"] == "val"
+    assert len(shown["ids"]) == 4 == len(set(shown["ids"]))  # the val set's 4 images: 8 asked, 4 there
+    # the baseline is top-1 or top-2 (merged; the two trials may tie, and then the cheaper comes first); the best
+    # is top-1; r101-imagenet trained without a download here
+    assert [p["label"] for p in shown["panels"]][:2] in (["baseline", "best"], ["baseline = best", "ResNet-101 "
+                                                                                                    "pretrained"])
+    for image_id in shown["ids"]:
+        with PIL.Image.open(FINAL / "predictions" / f"{image_id}.png") as picture:
+            width, height = picture.size
+        with PIL.Image.open(next(Path("cache").glob(f"**/JPEGImages/{image_id}.jpg"))) as image:  # the data
+            panels = 2 + len(shown["panels"])  # the image, its ground truth, one prediction per arm
+            assert width == 3 * image.width and height == -(-panels // 3) * (image.height + 22)
 
 
 def test_report_and_figures_are_attached_to_the_study(finalized):
     study = optuna.load_study(study_name="fin", storage="sqlite:///runs/fin/study.db")
     metas = get_all_artifact_meta(study)
-    assert sorted(m.filename for m in metas) == sorted(OUTPUTS)  # once each: the interrupted run attached none
+    pictures = [f"{image_id}.png" for image_id in json.loads(finalized["files"]["results.json"])["gallery"]["ids"]]
+    # once each: the interrupted run attached none
+    assert sorted(m.filename for m in metas) == sorted([*OUTPUTS, *pictures])
     store = FileSystemArtifactStore("runs/fin/artifacts")
     report = next(m for m in metas if m.filename == "report.md")
     with store.open_reader(report.artifact_id) as reader:
@@ -518,12 +546,18 @@ def test_weights_unavailable_is_that_rows_status_and_everything_else_completes(f
     assert (r101["n"], r101["difference"], r101["p"], r101["verdict"]) == (0, None, None, "inconclusive")
     assert r101["reason"] == "0 seeds finished in both, a test needs 2"
     report = (FINAL / "report.md").read_text()
-    assert re.search(r"^\| r101-imagenet .*\| 0/2 .*\| seeds 0, 1: weights unavailable: cannot download",
+    # the row counts its failures and points to the note that holds the reason, once for both seeds
+    assert re.search(r"^\| r101-imagenet +\| .* \| 0/2 \(2 failed, note 1\) +\|", report, re.M)
+    assert re.search(r"^1\. `r101-imagenet` seed 0, `r101-imagenet` seed 1: weights unavailable: cannot download",
                      report, re.M)
+    findings = report.split("## Findings")[1].split("\n## ")[0]
+    assert "**ResNet-101, ImageNet-pretrained vs from scratch** ([detail](#resnet-101-imagenet-pretrained-vs-from-" \
+           "scratch)): not compared (seeds 0, 1: weights unavailable" in findings
     assert "No ResNet-101 comparison: the ImageNet-pretrained run has no result (seeds 0, 1: weights " \
            "unavailable" in report
     assert "--pretrained-weights PATH" in report
-    assert re.search(r"^\| r101-imagenet .*weights unavailable", out, re.M)
+    assert re.search(r"^\| r101-imagenet .*\| 0/2 \(2 failed, note 1\) ", out, re.M)  # the terminal's table too
+    assert re.search(r"^1\. `r101-imagenet` seed 0, `r101-imagenet` seed 1: weights unavailable", out, re.M)
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -564,3 +598,20 @@ def test_a_crf_protocol_without_its_extra_stops_before_any_training(spec, workdi
     for argv in (["--study", str(with_crf), "--dry-run"], ["--study", str(with_crf)]):
         code, _, err = quiet(argv)
         assert code == 2 and "pip install -e '.[crf]'" in err and err.count("\n") == 1, err
+
+
+def test_the_report_opens_with_findings_that_carry_the_verdicts_of_results_json(finalized):
+    report = finalized["files"]["report.md"]
+    title, what, heading = report.splitlines()[0], report.splitlines()[2], report.splitlines()[4]
+    assert title == "# Final results: study `fin`" and what.startswith("5 configurations retrained") \
+        and heading == "## Findings"
+    findings = report.split("## Findings")[1].split("\n## ")[0]
+    data = json.loads(finalized["files"]["results.json"])
+    decided = [c for c in data["comparisons"] if c["protocol"] == "ss" and c["n"] >= 2]
+    assert decided
+    for c in decided:
+        assert f"{c['difference']:+.4f} mIoU ss" in findings and f"{c['verdict']} at {c['n']} seeds" in findings, c
+    for title in ("Against the baseline", "What each factor does: controlled experiments", "Cost and accuracy"):
+        assert f"## {title}\n" in report and f"(#{re.sub(r'[^a-z0-9 -]', '', title.lower()).replace(' ', '-')})" \
+            in findings
+    assert "**What it cost**" in findings and len(findings.strip().splitlines()) <= 15

@@ -17,7 +17,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 from scipy import stats as scipy_stats
 
-from hpo.report import compare, document, factors, pareto, stats, tables
+from hpo.report import compare, document, factors, findings, pareto, stats, tables
 from hpo.report.analysis import Analysis
 from hpo.report.factors import effects, importances
 from hpo.report.published import PUBLISHED, matches
@@ -103,16 +103,20 @@ def test_a_comparison_without_two_shared_seeds_is_inconclusive_with_its_reason()
     assert "from one seed (1 seed finished in both, a test needs 2)" in found.sentence()
 
 
-def test_ablations_are_compared_with_the_best_configuration():
+def test_ablation_experiments_are_compared_with_their_centre_only():
     best = configuration("top-1", ("top",), 0.8)
-    ablation = Configuration("ablation output_stride=8", "", ("ablation",), None, {}, TrainConfig(output_stride=8),
-                             None, ("output_stride", 8))
-    summaries = summarize([*runs(best, [0.70, 0.71, 0.72]), *runs(ablation, [0.75, 0.77, 0.76])])
-    (found,) = compare.comparisons(summaries)
-    assert (found.a, found.b, found.family, found.verdict) == ("ablation output_stride=8", "top-1", "ablation vs best",
-                                                               "better")
-    table = tables.ablation_table("output_stride", [(16, summaries[0], None), (8, summaries[1], found)], "ss")
-    assert "| 16            | top-1 " in table and "(reference)" in table and "| +0.0500 " in table
+    centre = configuration("ablation centre", ("ablation-centre",), epochs=4.0)  # at the search budget
+    ablation = Configuration("ablation output_stride=8", "", ("ablation",), None, {},
+                             TrainConfig(output_stride=8, epochs=4.0), None, ("output_stride", 8))
+    summaries = summarize([*runs(best, [0.90, 0.91, 0.92]), *runs(centre, [0.70, 0.71, 0.72]),
+                           *runs(ablation, [0.75, 0.77, 0.76])])
+    (found,) = compare.comparisons(summaries)  # never against top-1, trained at another budget
+    assert (found.a, found.b, found.family, found.verdict) == ("ablation output_stride=8", "ablation centre",
+                                                               "ablation vs centre", "better")
+    table = tables.ablation_table(summaries[1], [(summaries[2], found)], "ss")
+    assert re.search(r"^\| \(centre\) +\| +\| ablation centre +\| 3/3 ", table, re.M)
+    assert re.search(r"^\| output_stride +\| 8 +\| ablation output_stride=8 +\| 3/3 .*\| \+0\.0500 .*\| better +\|",
+                     table, re.M)
 
 
 def test_a_variant_is_compared_with_the_best_configuration():
@@ -448,3 +452,32 @@ def test_importance_leaves_out_infeasible_trials_and_names_its_quantile(searched
     assert (first.target_quantile, first.top) == (0.5, 6)
     text = "\n".join(document.importance_lines([complete, first]))
     assert "target_quantile 0.5: a top set of 3" in text and "Feasible trials only" in text
+
+
+def test_the_findings_carry_each_comparisons_number_and_verdict_and_what_would_decide_it(spec):
+    top1 = dataclasses.replace(configuration("top-1", ("top",), 0.8), params={"lr": 0.03, "output_stride": 8})
+    top2, baseline = configuration("top-2", ("top",), 0.79), configuration("baseline", ("baseline",), 0.7)
+    centre = configuration("ablation centre", ("ablation-centre",), epochs=4.0, lr=0.03)
+    faster = Configuration("ablation lr=0.09", "", ("ablation",), None, {}, TrainConfig(epochs=4.0, lr=0.09), None,
+                           ("lr", 0.09))
+    summaries = summarize([*runs(top1, [0.80, 0.82, 0.81], crf=[0.82, 0.845, 0.83]), *runs(top2, [0.715, 0.73, 0.725]),
+                           *runs(baseline, [0.70, 0.71, 0.72]), *runs(centre, [0.60, 0.61, 0.62]),
+                           *runs(faster, [0.50, 0.52, 0.51])], ["ss", "crf"])
+    analysis = Analysis(summaries, compare.comparisons(summaries, "ss"), compare.rank_agreement(summaries), [], [])
+    text = "\n".join(findings.lines(spec, optuna.create_study(), spec.finalize, analysis))
+    by_pair = {(c.a, c.b): c for c in analysis.comparisons}
+    for (a, b), c in by_pair.items():
+        assert f"{c.paired.difference:+.4f} mIoU ss (95% CI [{c.paired.ci95[0]:+.4f}, {c.paired.ci95[1]:+.4f}]), " \
+               f"{c.verdict} at 3 seeds (Holm p = {c.p_holm:.2g})" in text, (a, b)
+    assert by_pair["top-1", "baseline"].verdict == "better" and by_pair["top-2", "baseline"].verdict == "inconclusive"
+    assert "**`top-1` vs the baseline** (the top-1 recipe: lr 0.03, OS 8; [detail](#against-the-baseline))" in text
+    assert "**lr** (one factor changed around `ablation centre`" in text and "0.09 (x3 the centre's 0.03)" in text
+    assert "**The dense CRF** ([detail](#the-deeplab-family-deeplabv3-and-the-dense-crf)): `crf` vs `ss` on " \
+           "`top-1`: +0.0217 mIoU" in text
+    undecided = by_pair["top-2", "baseline"].paired
+    needed = stats.seeds_needed(undecided.difference, undecided.std, stats.ALPHA / 2)
+    assert f"`top-2` vs `baseline` ({undecided.difference:+.4f}) about {needed} seeds" in text
+    seeds = [1, 2, 3, *(s for s in range(4, needed + 2) if s != 0)][:needed]  # never the search's seed 0
+    assert f"--seeds {' '.join(map(str, seeds))}` trains {needed - 3} more seeds of every configuration" in text
+    assert findings.anchor("Did the search's ranking hold at full budget?") == \
+        "#did-the-searchs-ranking-hold-at-full-budget"

@@ -127,27 +127,63 @@ def test_scratch_settings_from_the_spec(tmp_path, study):
     assert (scratch.weight_decay, scratch.head_lr_multiplier) == (0.0005, 1.0)
 
 
-def test_ablation_adds_one_configuration_per_value_other_than_the_best(tmp_path, study):
-    spec = load_spec(spec_file(tmp_path, "[finalize.ablation]\noutput_stride = [8, 16]\ncrop_size = [321, 513]\n"))
+def test_an_ablation_at_the_full_budget_centres_on_the_best_itself(tmp_path, study):
+    spec = load_spec(spec_file(tmp_path, '[finalize.ablation]\nbudget = "full"\noutput_stride = [8, 16]\n'
+                                         'crop_size = [321, 513]\n'))
     configurations = plan(spec, study, spec.finalize)
+    top1 = configurations[0]
+    assert top1.roles == ("top", "ablation-centre")  # the centre is top-1, trained once for both
     ablations = [c for c in configurations if c.role("ablation")]
-    # the best (trial 2) has output stride 16 and crop 513 (TrainConfig's): those values are top-1 itself
+    # the best (trial 2) has output stride 16 and crop 513 (TrainConfig's): those values are the centre itself
     assert [(c.name, c.factor, c.trial) for c in ablations] == [
         ("ablation output_stride=8", ("output_stride", 8), 2), ("ablation crop_size=321", ("crop_size", 321), 2)]
-    best = configurations[0].config
-    assert ablations[0].config == best.replace(output_stride=8)
-    assert ablations[1].config == best.replace(crop_size=321)
+    assert ablations[0].config == top1.config.replace(output_stride=8)
+    assert ablations[1].config == top1.config.replace(crop_size=321)
     assert [c.name for c in configurations][:4] == ["top-1", "top-2", "top-3", "baseline"]
 
 
-def test_an_ablation_that_is_another_configuration_merges_with_it(tmp_path, study):
-    study.add_trial(trial(0.79, 0.03, "sgd", seconds=1))  # 8: the best's (trial 2's) recipe with sgd, not adamw
-    spec = load_spec(spec_file(tmp_path, '[finalize.ablation]\noptimizer = ["sgd"]\n'))
+def test_an_ablation_at_the_search_budget_trains_its_centre_again_there(tmp_path, study):
+    spec = load_spec(spec_file(tmp_path, '[finalize.ablation]\nlr = ["x1/3", "x3"]\nbatch_size = [4, 16]\n'))
     configurations = plan(spec, study, spec.finalize)
-    merged = next(c for c in configurations if c.trial == 8)
-    assert merged.roles == ("top", "ablation") and merged.factor == ("optimizer", "sgd")
-    assert merged.description == "trial 8 = ablation optimizer=sgd"
-    assert not any(c.name.startswith("ablation") for c in configurations)
+    centre = next(c for c in configurations if c.role("ablation-centre"))
+    assert centre.name == "ablation centre" and centre.trial == 2 and not centre.role("top")
+    search = spec.train_config()
+    assert (centre.config.epochs, centre.config.train_split) == (search.epochs, search.train_split)  # 1 epoch
+    assert centre.config.val_split == spec.finalize.val_split  # scored where nothing selected
+    assert centre.config == configurations[0].config.replace(epochs=search.epochs, train_split=search.train_split)
+    ablations = [c for c in configurations if c.role("ablation")]
+    assert [c.name for c in ablations] == ["ablation lr=0.01", "ablation lr=0.09", "ablation batch_size=4"]
+    for ablation, changed in zip(ablations, [{"lr": 0.01}, {"lr": 0.09}, {"batch_size": 4}]):
+        differing = {k: v for k, v in ablation.config.to_dict().items() if centre.config.to_dict()[k] != v}
+        assert differing.keys() == changed.keys()
+        assert differing == pytest.approx(changed)
+
+
+def test_an_optimizer_swap_brings_the_lr_the_search_found_for_that_optimizer(tmp_path, study):
+    spec = load_spec(spec_file(tmp_path, '[finalize.ablation]\noptimizer = ["sgd", "adamw"]\n'))
+    swapped = next(c for c in plan(spec, study, spec.finalize) if c.role("ablation"))
+    # the centre is trial 2 (adamw, lr 0.03); the search's best sgd trial is trial 1 (lr 0.02)
+    assert (swapped.config.optimizer, swapped.config.lr, swapped.config.output_stride) == ("sgd", 0.02, 16)
+    assert "lr 0.02 of trial 1, the search's best with sgd" in swapped.description
+
+
+def test_without_a_trial_of_that_optimizer_it_takes_the_middle_of_its_range(tmp_path):
+    text = SPEC.replace('lr = {type = "float", low = 1e-4, high = 1e-1, log = true}\noptimizer = {type = "categorical", '
+                        'choices = ["sgd", "adamw"]}',
+                        'optimizer = {type = "categorical", choices = ["sgd", "adamw"]}\n'
+                        'lr = {type = "float", log = true, by = "optimizer", ranges = {sgd = [1e-3, 1e-1], '
+                        'adamw = [1e-5, 1e-3]}}')
+    path = tmp_path / "pick.toml"
+    path.write_text(text + '[finalize.ablation]\noptimizer = ["adamw"]\n')
+    spec = load_spec(path)
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(
+        value=0.5, params={"optimizer": "sgd", "lr[sgd]": 0.01, "output_stride": 16},
+        distributions={"optimizer": DISTRIBUTIONS["optimizer"], "lr[sgd]": FloatDistribution(1e-3, 1e-1, log=True),
+                       "output_stride": DISTRIBUTIONS["output_stride"]}))
+    swapped = next(c for c in plan(spec, study, spec.finalize) if c.role("ablation"))
+    assert swapped.config.optimizer == "adamw" and swapped.config.lr == pytest.approx(1e-4)  # sqrt(1e-5 * 1e-3)
+    assert "the middle of the space's range for adamw" in swapped.description
 
 
 def test_a_recipe_change_that_clashes_with_the_best_names_its_table(tmp_path):

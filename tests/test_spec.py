@@ -378,7 +378,7 @@ INVALID = {
     "scratch bad override value": ("[finalize.scratch]\nmomentum = 1.5\n",
                                    "[finalize.scratch] momentum: must be in [0, 1), got 1.5"),
     "ablation unknown field": ("[finalize.ablation]\noutput_strides = [8, 16]\n",
-                               "[finalize.ablation] output_strides: unknown TrainConfig field (did you mean "
+                               "[finalize.ablation] output_strides: unknown setting or TrainConfig field (did you mean "
                                "'output_stride'?)"),
     "ablation not a list": ("[finalize.ablation]\noutput_stride = 8\n",
                             "[finalize.ablation] output_stride: must be a non-empty list of values"),
@@ -388,6 +388,16 @@ INVALID = {
                                 "[finalize.ablation] crop_size: repeats a value"),
     "ablation of the seed": ("[finalize.ablation]\nseed = [1, 2]\n",
                              "[finalize.ablation] seed: is shared by every configuration"),
+    "ablation bad centre": ('[finalize.ablation]\naround = "worst"\nlr = ["x3"]\n',
+                            "[finalize.ablation] around: must be one of best, baseline, got 'worst'"),
+    "ablation bad budget": ('[finalize.ablation]\nbudget = "half"\nlr = ["x3"]\n',
+                            "[finalize.ablation] budget: must be one of search, full, got 'half'"),
+    "ablation bad multiple": ('[finalize.ablation]\nlr = ["x0"]\n',
+                              "[finalize.ablation] lr: 'x0': a multiple of the centre's value is written x3 or x1/3"),
+    "ablation around no baseline": ('[finalize.ablation]\naround = "baseline"\nlr = ["x3"]\n',
+                                    '[finalize.ablation] around: "baseline" needs a [baseline] recipe'),
+    "ablation multiple of an int": ('[finalize.ablation]\ncrop_size = ["x2"]\n',
+                                    "[finalize.ablation] crop_size: must be int, got 'x2'"),
 }
 
 
@@ -446,3 +456,13 @@ def test_output_dir_moves_the_default_storage_only(tmp_path: Path) -> None:
     assert moved.study.storage == f"sqlite:///{tmp_path}/elsewhere/study.db"
     shared = load_spec(write_spec(tmp_path, "[study]\nstorage = 'postgresql://db/hpo'\n"))
     assert shared.with_output_dir(tmp_path).study.storage == "postgresql://db/hpo"
+
+
+def test_ablation_values_may_be_multiples_of_the_centres(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, '[finalize.ablation]\nlr = ["x1/3", "x3"]\nbatch_size = [2, 4]\n'))
+    ablation = spec.finalize.ablation
+    assert (ablation.around, ablation.budget) == ("best", "search")  # the defaults: cheap, around the winner
+    third, triple = ablation.factors["lr"]
+    assert (str(third), str(triple)) == ("x1/3", "x3")
+    assert (third.of(0.03), triple.of(0.03)) == (pytest.approx(0.01), pytest.approx(0.09))
+    assert ablation.factors["batch_size"] == (2, 4)

@@ -251,3 +251,13 @@ def test_miou_from_counts_matches_the_confusion_matrix():
     tp = np.diag(m)
     counts = np.stack([tp, m.sum(0) - tp, m.sum(1) - tp], axis=-1)
     assert float(stats.miou_from_counts(counts)) == pytest.approx(matrix.compute().miou)
+
+
+def test_seeds_needed_is_the_fewest_whose_detectable_difference_reaches_the_observed_one():
+    std, alpha = 0.02, stats.ALPHA / 4
+    for difference in (0.015, 0.02, 0.05, 0.1):  # 24, 15, 5 and 4 seeds
+        n = stats.seeds_needed(difference, std, alpha)
+        assert stats.minimal_detectable_difference(std, n, alpha) <= difference
+        assert n == 2 or stats.minimal_detectable_difference(std, n - 1, alpha) > difference
+    assert stats.seeds_needed(-0.05, std, alpha) == stats.seeds_needed(0.05, std, alpha)  # either direction
+    assert stats.seeds_needed(0.01, std, alpha, most=30) is None  # too small against the spread: more than 30

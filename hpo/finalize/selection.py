@@ -4,9 +4,10 @@ The search's top-k distinct configurations (by their score on the search's val
 split), the [baseline] recipe, ResNet-101 ImageNet-pretrained with the best
 configuration's recipe, ResNet-101 from scratch with that recipe changed by
 [finalize.scratch] (a random backbone needs its own recipe: hpo.spec.ScratchRecipe),
-the [finalize.ablation] runs around the best configuration, and the best configuration
-as each [finalize] variants model (DeepLabV3+: role "variant"). All are trained on
-[finalize] train_split, scored on [finalize] val_split, for [finalize] epochs.
+the [finalize.ablation] experiments with their centre (hpo.finalize.experiments; at the
+search's budget unless the spec says "full"), and the best configuration as each [finalize]
+variants model (DeepLabV3+: role "variant"). All are scored on [finalize] val_split; all but
+the ablation's are trained on [finalize] train_split for [finalize] epochs.
 
 Imports hpo.report.results (Configuration), hpo.spec and hpo.trials; hpo.finalize.workflow calls it.
 """
@@ -21,6 +22,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.finalize import experiments
 from hpo.report.results import Configuration
 from hpo.space import train_overrides
 from hpo.spec import FinalizeOptions, ScratchRecipe, StudySpec
@@ -47,13 +49,14 @@ class _Entry:
     role: str
     trial: FrozenTrial | None
     params: dict[str, Any]  # the trial's (or baseline's) TrainConfig overrides
-    changes: dict[str, Any] = dataclasses.field(default_factory=dict)  # applied after the full budget
+    changes: dict[str, Any] = dataclasses.field(default_factory=dict)  # applied after the budget
     factor: tuple[str, Any] | None = None
+    budget: dict[str, Any] | None = None  # epochs, splits, schedule, seed; None: finalize's full budget
 
 
 def plan(spec: StudySpec, study: optuna.Study, options: FinalizeOptions) -> list[Configuration]:
-    """The configurations to retrain, in table order: top-k, baseline, ablations, variants, ResNet-101
-    pretrained, scratch.
+    """The configurations to retrain, in table order: top-k, baseline, the ablation's centre and its
+    experiments (hpo.finalize.experiments), variants, ResNet-101 pretrained, scratch.
 
     Entries that train the very same recipe (e.g. the baseline is also a top trial)
     are merged into one configuration carrying both roles.
@@ -75,10 +78,7 @@ def plan(spec: StudySpec, study: optuna.Study, options: FinalizeOptions) -> list
     if spec.baseline:
         trial = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")), None)
         entries.append(_Entry("baseline", "the [baseline] recipe", "baseline", trial, dict(spec.baseline)))
-    for field, values in options.ablation.items():
-        entries += [_Entry(f"ablation {field}={value}", f"trial {best.number}'s recipe with {field} = {value}",
-                           "ablation", best, best_params, {field: value}, (field, value))
-                    for value in values if not _same(value, getattr(best_config, field))]
+    entries += ablation_entries(spec, study, options, best)
     entries += [_Entry(f"variant {model}", f"trial {best.number}'s recipe as {MODELS[model]}", "variant", best,
                        best_params, {"model": model}, ("model", model)) for model in options.variants]
     weights = options.pretrained_weights or "imagenet"
@@ -104,13 +104,35 @@ def plan(spec: StudySpec, study: optuna.Study, options: FinalizeOptions) -> list
     return configurations
 
 
+def ablation_entries(spec: StudySpec, study: optuna.Study, options: FinalizeOptions, best: FrozenTrial) -> list[_Entry]:
+    """The ablation's centre (the best configuration or the baseline, at the ablation's budget: at the full
+    budget it is that very configuration, merged with it) and one entry per experiment around it."""
+    ablation = options.ablation
+    if not ablation.factors:
+        return []
+    if ablation.around == "baseline":
+        trial = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")), None)
+        params, what = dict(spec.baseline), "the [baseline] recipe"
+    else:
+        trial, params, what = best, train_overrides(spec.space, best.params), f"trial {best.number}'s recipe"
+    budget = experiments.budget(spec, options, params)
+    at = "at the search budget" if ablation.budget == "search" else "at the full budget"
+    centre = _Entry("ablation centre", f"{what} {at}, the centre of the ablation", "ablation-centre", trial, params,
+                    budget=budget)
+    centre_config = _configuration(spec, centre, budget).config
+    return [centre, *(_Entry(f"ablation {e.field}={e.label}", f"{what} with {e.how}, {at}", "ablation", trial,
+                             params, e.changes, (e.field, e.changes[e.field]), budget)
+                      for e in experiments.experiments(spec, study, ablation, centre_config))]
+
+
 def _configuration(spec: StudySpec, entry: _Entry, full: Mapping[str, Any]) -> Configuration:
     params = {**entry.params, **entry.changes}
+    budget = full if entry.budget is None else entry.budget
     try:
-        config = spec.train_config({**entry.params, **full, **entry.changes})
+        config = spec.train_config({**entry.params, **budget, **entry.changes})
     except ConfigError as error:  # a [finalize.scratch] or [finalize.ablation] value that clashes with the trial's
-        section = {"r101-scratch": "[finalize.scratch]", "ablation": "[finalize.ablation]"}.get(entry.role,
-                                                                                                 "[finalize]")
+        section = {"r101-scratch": "[finalize.scratch]", "ablation": "[finalize.ablation]",
+                   "ablation-centre": "[finalize.ablation]"}.get(entry.role, "[finalize]")
         raise UserError(f"{spec.path}: {section} {error.key}: {error.problem} (with {entry.description})") from None
     trial = entry.trial
     search_value = trial.value if entry.role in ("top", "baseline") and trial is not None \
@@ -119,6 +141,3 @@ def _configuration(spec: StudySpec, entry: _Entry, full: Mapping[str, Any]) -> C
                          config, search_value, entry.factor)
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equal, and of the same kind (True is not 1)."""
-    return a == b and isinstance(a, bool) == isinstance(b, bool)

@@ -20,8 +20,9 @@ from hpo.markdown import markdown_table
 from hpo.plan.cost import CostModel
 from hpo.plan.estimate import Estimator
 from hpo.plan.probe import matching_probe
-from hpo.report.outputs import Outputs, write
-from hpo.report.results import RESULT, Configuration
+from hpo.finalize.gallery import gallery
+from hpo.report.outputs import PREDICTIONS, Outputs, write
+from hpo.report.results import RESULT, Configuration, summarize
 from hpo.search.loop import open_existing_study
 from hpo.search.tracking import StudyTracking
 from hpo.spec import FinalizeOptions, StudySpec
@@ -83,4 +84,6 @@ def finalize(spec: StudySpec, options: FinalizeOptions) -> Outputs:
     study, configurations, final_dir = planned(spec, options)
     log.info("%s", plan_text(spec, configurations, options, final_dir))
     runs = run_all(configurations, options.seeds, final_dir, options.eval, tracking)
-    return write(spec, study, options, runs, final_dir)
+    crf = next((name for name in options.eval[1:] if PRESETS[name].crf), None)  # shown beside the best too
+    shown = gallery(summarize(runs), options.eval[0], final_dir / PREDICTIONS / "masks", crf)
+    return write(spec, study, options, runs, final_dir, shown)

@@ -8,10 +8,12 @@ fits), times the pruner's measured saving. A configuration predicted not to fit 
 device costs nothing: the search ends it before it trains.
 
 Finalize (hpo.finalize): top_k configurations, the baseline, ResNet-101 pretrained and
-from scratch with the best configuration's hyperparameters, one configuration per
-ablation value that differs from the best, and the best as each [finalize] variant model
-(DeepLabV3+, priced from its own probe corners), each trained once per seed for the
-[finalize] epochs on finalize's split, then scored under the [finalize] eval protocols
+from scratch with the best configuration's hyperparameters, and the best as each [finalize]
+variant model (DeepLabV3+, priced from its own probe corners), each trained once per seed for
+the [finalize] epochs on finalize's split; the [finalize.ablation] experiments, one
+configuration per value that differs from the centre's (and the centre again at the search
+budget), at their own budget (the search's epochs on its training split, or finalize's); all
+scored under the [finalize] eval protocols
 (a forward pass per scale and flip, at the protocol's output stride; a CRF protocol adds
 segtrain.crf's measured CPU-seconds per image, shared out over its pool's processes,
 the device idle meanwhile). The winners are
@@ -35,7 +37,7 @@ from typing import Any
 from hpo.markdown import markdown_table
 from hpo.plan.cost import PRUNER_SAVING, CostModel, TrialPricer, checkpoint_bytes, sample_space, split_size
 from hpo.plan.probe import FINALIZE_BACKBONE, val_image_side
-from hpo.spec import StudySpec
+from hpo.spec import Multiple, StudySpec
 from segtrain import crf
 from segtrain.config import MODELS, TrainConfig
 from segtrain.evaluation import OWN_PROTOCOL, PRESETS
@@ -164,39 +166,70 @@ class Estimator:
     # --- finalize
 
     @functools.cached_property
-    def _rows(self) -> dict[str, tuple[_RunCost, int]]:
-        """Per finalize row: the cost of one of its runs, and how many configurations it holds
-        ("top": as many as top_k says)."""
-        rows: dict[str, tuple[_RunCost, int]] = {}
+    def _rows(self) -> dict[str, tuple[_RunCost, int, float | None]]:
+        """Per finalize row: the cost of one of its runs, how many configurations it holds ("top": as
+        many as top_k says), and its epochs where they are not finalize's (the ablation at the search
+        budget)."""
+        rows: dict[str, tuple[_RunCost, int, float | None]] = {}
         options = self.spec.finalize
-        rows["top"] = (self._space_cost({}), options.top_k)
+        rows["top"] = (self._space_cost({}), options.top_k, None)
         if self.spec.baseline:
-            rows["baseline"] = (self._point_cost({**self.base.to_dict(), **self.spec.baseline}), 1)
+            rows["baseline"] = (self._point_cost({**self.base.to_dict(), **self.spec.baseline}), 1, None)
         r101 = self._space_cost({"backbone": FINALIZE_BACKBONE})
-        rows["ResNet-101, ImageNet-pretrained"] = (r101, 1)
+        rows["ResNet-101, ImageNet-pretrained"] = (r101, 1, None)
         scratch = options.scratch.epochs_multiplier
         rows[f"ResNet-101, from scratch (x{scratch:g} epochs)"] = (dataclasses.replace(
-            r101, per_epoch=r101.per_epoch * scratch, per_epoch_max=r101.per_epoch_max * scratch), 1)
-        for field, values in options.ablation.items():
-            costs = [self._space_cost({field: value}) for value in values]
-            count = max(0, len(values) - 1)  # the best configuration's own value is one of them
-            rows[f"ablation of {field} ({', '.join(map(str, values))})"] = (_average(costs), count)
+            r101, per_epoch=r101.per_epoch * scratch, per_epoch_max=r101.per_epoch_max * scratch), 1, None)
         for model in options.variants:  # the best configuration as another DeepLab model
-            rows[f"variant: {MODELS[model]}"] = (self._space_cost({"model": model}), 1)
+            rows[f"variant: {MODELS[model]}"] = (self._space_cost({"model": model}), 1, None)
+        return rows | self._ablation_rows()
+
+    def _ablation_rows(self) -> dict[str, tuple[_RunCost, int, float | None]]:
+        """The ablation's experiments, a row per factor, and at the search budget its centre trained again."""
+        ablation = self.spec.finalize.ablation
+        if not ablation.factors:
+            return {}
+        search = ablation.budget == "search"
+        images, epochs = (self.search_images[0][0], self.base.epochs) if search else (None, None)
+        centre = ({**self.base.to_dict(), **self.spec.baseline} if ablation.around == "baseline" else None)
+
+        def cost(override: Mapping[str, Any]) -> _RunCost:
+            if centre is not None:
+                return self._point_cost({**centre, **override}, images)
+            return self._space_cost(override, images)
+
+        rows = {f"ablation centre ({ablation.around}, search budget)": (cost({}), 1, epochs)} if search else {}
+        for field, values in ablation.factors.items():
+            absolute = [value for value in values if not isinstance(value, Multiple)]
+            costs = [cost({field: value}) for value in absolute] or [cost({})]
+            rows[f"ablation of {field} ({', '.join(map(str, values))})"] = (
+                _average(costs), self._alternatives(field, values), epochs)
         return rows
 
-    def _space_cost(self, override: Mapping[str, Any]) -> _RunCost:
+    def _alternatives(self, field: str, values: Sequence[Any]) -> int:
+        """How many of a factor's values will differ from the centre's: one fewer than given when the
+        centre's value is surely among them (every value the study can give the field is listed)."""
+        possible = {v for param in self.spec.space if param.field == field for v in param.choices}
+        if not any(param.field == field for param in self.spec.space):
+            possible = {getattr(self.base, field)}
+        ranged = any(param.field == field and param.type != "categorical" for param in self.spec.space)
+        listed = {value for value in values if not isinstance(value, Multiple)}
+        return len(values) - (1 if possible and not ranged and possible <= listed else 0)
+
+    def _space_cost(self, override: Mapping[str, Any], train_images: int | None = None) -> _RunCost:
         """One run of a configuration of the space (those that fit) with `override`: expected and highest."""
-        costs = [self._point_cost({**point, **override}) for point in self.points]
+        costs = [self._point_cost({**point, **override}, train_images) for point in self.points]
         fitting = [cost for cost in costs if cost.fits] or costs
         return _RunCost(sum(c.per_epoch for c in fitting) / len(fitting), sum(c.fixed for c in fitting) / len(fitting),
                         max(c.per_epoch for c in fitting), max(c.fixed for c in fitting),
                         max(c.checkpoint_bytes for c in fitting), any(c.fits for c in costs))
 
-    def _point_cost(self, config: Mapping[str, Any]) -> _RunCost:
-        """One final run: its training, its evaluations, and its scoring under the [finalize] eval protocols."""
+    def _point_cost(self, config: Mapping[str, Any], train_images: int | None = None) -> _RunCost:
+        """One final run: its training (on finalize's split unless `train_images` says otherwise), its
+        evaluations, and its scoring under the [finalize] eval protocols."""
         prediction = self.model.predict(config)
         (train, _), (val, _) = self.final_images
+        train = train if train_images is None else train_images
         per_epoch = train * prediction.train_seconds_per_image
         fixed = val * (config["eval_points"] * prediction.eval_seconds_per_image + self._protocol_seconds(config))
         if not prediction.fits:
@@ -238,13 +271,14 @@ class Estimator:
         seeds = tuple(options.seeds if seeds is None else seeds)
         epochs = options.epochs if epochs is None else epochs
         rows = []
-        for name, (cost, count) in self._rows.items():
+        for name, (cost, count, own_epochs) in self._rows.items():
             if name == "top":
                 name, count = f"top-{top_k} configurations", top_k
             runs = count * len(seeds)
             note = "" if cost.fits else "predicted not to fit the device: not counted"
-            rows.append(Row(name, count, len(seeds), epochs, runs * cost.seconds(epochs) / 3600,
-                            runs * cost.seconds(epochs, highest=True) / 3600, note))
+            row_epochs = epochs if own_epochs is None else own_epochs
+            rows.append(Row(name, count, len(seeds), row_epochs, runs * cost.seconds(row_epochs) / 3600,
+                            runs * cost.seconds(row_epochs, highest=True) / 3600, note))
         return rows
 
     # --- the whole study
@@ -264,7 +298,7 @@ class Estimator:
         checkpoint = max(checkpoint_bytes(point) for point in self.points)
         kept = max(checkpoint_bytes(point, finished=True) for point in self.points)
         final = 0
-        for row, (cost, _) in zip(rows[1:], self._rows.values()):
+        for row, (cost, _, _) in zip(rows[1:], self._rows.values()):
             final += row.runs * row.seeds * cost.checkpoint_bytes
         return Disk(self.spec.study.output_dir, checkpoint, self.spec.study.keep_checkpoints * kept,
                     self.workers * 2 * checkpoint, final, _free_bytes(self.spec.study.output_dir))

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from hpo.markdown import markdown_table
-from hpo.spec import StudySpec
+from hpo.spec import Multiple, StudySpec
 from segtrain import profile
 from segtrain.config import MODELS, TrainConfig
 from segtrain.device import amp_dtype_for, resolve_device
@@ -124,7 +124,7 @@ def grid_values(spec: StudySpec, field: str) -> list[Any]:
     for param in spec.space:
         if param.field == field:
             values |= set(param.choices) if param.type == "categorical" else {param.low, param.high}
-    values |= set(spec.finalize.ablation.get(field, ()))
+    values |= {value for value in spec.finalize.ablation.factors.get(field, ()) if not isinstance(value, Multiple)}
     if not values:
         values = {getattr(spec.train_config(), field)}
     ordered = sorted(values)

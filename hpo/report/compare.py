@@ -4,7 +4,8 @@ Four families of paired-by-seed comparisons (hpo.report.stats), per evaluation p
 - each top-k configuration vs the baseline, Holm-corrected over the family (the top-k
   were chosen from many trials, and any one of them beating the baseline by luck
   would be reported as a finding);
-- each ablation value vs the best configuration, Holm-corrected over the ablations;
+- each ablation experiment vs its centre (the best configuration or the baseline, at the
+  same budget and seeds), Holm-corrected over the experiments;
 - each variant (the best configuration as another DeepLab model: [finalize] variants) vs the
   best configuration, Holm-corrected over the variants;
 - ResNet-101 ImageNet-pretrained vs from scratch, one comparison, uncorrected.
@@ -37,7 +38,7 @@ from hpo.report.results import OWN_PROTOCOL, Summary, find
 
 TOP_VS_BASELINE = "top-k vs baseline"
 PRETRAINED_VS_SCRATCH = "pretrained vs scratch"
-ABLATION = "ablation vs best"
+ABLATION = "ablation vs centre"
 VARIANT = "variant vs best"
 DESCRIPTIVE = "descriptive"  # the verdict of a comparison under a protocol other than the primary one
 
@@ -171,16 +172,67 @@ def comparisons(summaries: Sequence[Summary], protocol: str = OWN_PROTOCOL, prim
     if baseline is not None:
         tops = [s for s in summaries if s.role("top") and s is not baseline]
         out += _decided([compare(s, baseline, protocol, TOP_VS_BASELINE, len(tops)) for s in tops], primary, True)
+    centre = find(summaries, "ablation-centre")
+    if centre is not None:
+        ablations = [s for s in summaries if s.role("ablation")]
+        out += _decided([compare(s, centre, protocol, ABLATION, len(ablations)) for s in ablations], primary, True)
     best = find(summaries, "top")
     if best is not None:
-        ablations = [s for s in summaries if s.role("ablation") and s is not best]
-        out += _decided([compare(s, best, protocol, ABLATION, len(ablations)) for s in ablations], primary, True)
         variants = [s for s in summaries if s.role("variant") and s is not best]
         out += _decided([compare(s, best, protocol, VARIANT, len(variants)) for s in variants], primary, True)
     pretrained, scratch = find(summaries, "r101-imagenet"), find(summaries, "r101-scratch")
     if pretrained is not None and scratch is not None and pretrained is not scratch:
         out += _decided([compare(pretrained, scratch, protocol, PRETRAINED_VS_SCRATCH)], primary, False)
     return out
+
+
+@dataclass(frozen=True)
+class CrfGain:
+    """What the dense CRF adds to one configuration's runs: `protocol` (a crf one) against `base` (the same
+    without the CRF), paired by seed, uncorrected (one question per protocol), and the evaluation seconds."""
+
+    configuration: str
+    protocol: str
+    base: str
+    paired: stats.Paired
+    verdict: str
+    seconds: float | None  # mean seconds of a run's `protocol` evaluation
+    base_seconds: float | None
+
+    def sentence(self) -> str:
+        p = self.paired
+        if p.difference is None or p.n < 2:
+            return f"`{self.protocol}` vs `{self.base}` on `{self.configuration}`: {p.n} seed(s) scored under both"
+        interval = f" (95% CI over seeds [{p.ci95[0]:+.4f}, {p.ci95[1]:+.4f}])" if p.ci95 else ""
+        cost = "" if self.seconds is None else f", at {self.seconds:.1f} s an evaluation of val" + (
+            f" against {self.base_seconds:.1f} s without it" if self.base_seconds is not None else "")
+        return (f"`{self.protocol}` vs `{self.base}` on `{self.configuration}`: {p.difference:+.4f} mIoU{interval}, "
+                f"{self.verdict} at {p.n} seeds (p = {p.p_decisive:.2g}){cost}")
+
+
+def crf_gains(summaries: Sequence[Summary], protocols: Sequence[str]) -> list[CrfGain]:
+    """For the best configuration, each crf protocol scored against the same protocol without the CRF."""
+    best = find(summaries, "top")
+    if best is None:
+        return []
+    gains = []
+    for protocol in protocols:
+        base = protocol.removesuffix("_crf") if protocol != "crf" else OWN_PROTOCOL
+        if protocol == base or base not in protocols:
+            continue
+        with_crf, without = best.by_seed(protocol), best.by_seed(base)
+        seeds = sorted(set(with_crf) & set(without))
+        paired = stats.paired([with_crf[s] for s in seeds], [without[s] for s in seeds])
+        gains.append(CrfGain(best.name, protocol, base, paired, stats.verdict(paired.difference, paired.p_decisive),
+                             _mean_seconds(best, protocol), _mean_seconds(best, base)))
+    return gains
+
+
+def _mean_seconds(s: Summary, protocol: str) -> float | None:
+    """Mean seconds of the runs' `protocol` evaluations (the run's own: its final evaluation, not recorded apart)."""
+    seconds = [float(run.evaluations[protocol]["seconds"]) for run in s.ok
+               if "seconds" in run.evaluations.get(protocol, {})]
+    return sum(seconds) / len(seconds) if seconds else None
 
 
 @dataclass(frozen=True)

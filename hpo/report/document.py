@@ -14,10 +14,11 @@ from typing import Any
 import optuna
 
 from hpo.markdown import markdown_table
-from hpo.report import compare, pareto, tables
+from hpo.report import compare, findings, pareto, tables
 from hpo.report.analysis import Analysis
 from hpo.report.compare import Comparison
 from hpo.report.factors import EVALUATOR_NAME, MIN_TOP_TRIALS, Effect, Ranking
+from hpo.report.gallery import Gallery
 from hpo.report.published import PUBLISHED, matches
 from hpo.report.results import OWN_PROTOCOL, Summary, find, miou_title
 from hpo.report.stats import (
@@ -35,10 +36,10 @@ DOCS_RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results.md"
 HE_ET_AL = "He, Girshick & Dollár (2019, *Rethinking ImageNet Pre-training*, arXiv:1811.08883)"
 # the TrainConfig settings that shape each schedule's learning rate, besides warmup_epochs
 SCHEDULE_SETTINGS = {"poly": ("poly_power",), "wsd": ("decay_fraction", "decay_shape")}
-FACTOR_CAVEAT = ("These are the search's trials, not a controlled experiment: TPE chose each trial's values "
-                 "given the earlier results, the parameters vary together, and pruning stopped the trials it "
-                 "ranked low at the first evaluation, so a value's scores mix its own effect with those of the "
-                 "values it was sampled with. The final table and the ablation are the controlled comparisons.")
+FACTOR_CAVEAT = ("Observational, not controlled: TPE chose each value given the earlier results, so a value "
+                 "travels with the settings it was sampled with, and pruning cut the trials it ranked low at the "
+                 "first evaluation, whose ranking agrees only loosely with the end of a run (Kendall tau about "
+                 "0.35 on the demo task, docs/performance.md); the controlled experiments above are the evidence.")
 FILES = ("report.md", "results.csv", "results.json", "per_class_iou.csv", "figures.html")
 INTERVALS = ("Two intervals stand beside each difference. The seed interval (95% CI (seeds)) says how far training "
              "noise, the initialisation and the data order, moves it: where the difference of new runs scored on "
@@ -207,27 +208,52 @@ def r101_lines(analysis: Analysis) -> list[str]:
 
 
 def ablation_lines(analysis: Analysis, options: FinalizeOptions) -> list[str]:
-    best = find(analysis.summaries, "top")
-    found = analysis.family(compare.ABLATION)
-    runs = len({c.a for c in found})
-    if not options.ablation or best is None:
-        return ["No `[finalize.ablation]` in the spec: no one-factor-at-a-time runs.", ""]
-    lines = [f"One setting of {best.name}'s recipe (trial {best.configuration.trial}) changed at a time, trained "
-             "at the full budget over the same seeds; each row's difference is paired by seed with "
-             f"{best.name} and Holm-adjusted over the {runs} ablation configuration{'s' if runs != 1 else ''}.", ""]
-    for protocol in analysis.protocols:
-        by_name = {c.a: c for c in found if c.protocol == protocol}
-        for factor, values in options.ablation.items():
-            rows = []
-            for value in values:
-                s = next((x for x in analysis.summaries if x.configuration.factor == (factor, value)), None)
-                if s is None and getattr(best.configuration.config, factor) == value:
-                    rows.append((value, best, None))
-                elif s is not None:
-                    rows.append((value, s, by_name.get(s.name)))
-            lines += [f"**{factor}** ({miou_title(protocol)})", "",
-                      tables.ablation_table(factor, rows, protocol), ""]
-        lines += [f"- {by_name[name].sentence()}" for name in by_name] + [""]
+    """The controlled experiments: one table and one forest plot of every factor's effect around the centre."""
+    ablation = options.ablation
+    centre = find(analysis.summaries, "ablation-centre")
+    if not ablation.factors or centre is None:
+        return ["No `[finalize.ablation]` in the spec: no controlled one-factor experiments.", ""]
+    protocol = analysis.primary
+    found = [c for c in analysis.family(compare.ABLATION) if c.protocol == protocol]
+    by_name = {s.name: s for s in analysis.summaries}
+    cfg = centre.configuration.config
+    budget = (f"the search's budget ({cfg.epochs:g} epochs of `{cfg.train_split}`, as a trial trains)"
+              if ablation.budget == "search" else f"the full budget ({cfg.epochs:g} epochs of `{cfg.train_split}`)")
+    lines = [f"One factor at a time around `{centre.name}` ({centre.configuration.description}), each value trained "
+             f"at {budget} over the same seeds as the centre, which is trained again there, and scored on "
+             f"`{cfg.val_split}`, which nothing selected on. Each difference is paired by seed with the centre and "
+             f"Holm-adjusted over the {len(found)} experiment{'s' if len(found) != 1 else ''}; what each changed "
+             "besides its factor (an optimizer brings its own lr) is in the configuration's description in the "
+             "final table. Figure: `ablation-forest` in [figures.html](figures.html).", "",
+             tables.ablation_table(centre, [(by_name[c.a], c) for c in found], protocol), ""]
+    return lines + [f"- {c.sentence()}" for c in found] + [""]
+
+
+def gallery_lines(shown: Gallery) -> list[str]:
+    """The pictures of final/predictions/, each with why its image was chosen."""
+    arms = ", ".join(f"{p.label} (`{p.configuration}`, seed {p.seed}"
+                     + (f", under `{p.protocol}`" if p.protocol != shown.protocol else "") + ")" for p in shown.panels)
+    lines = [f"Per val image: the image, its ground truth and the prediction of {arms}, under `{shown.protocol}`, in "
+             "VOC's colours (void in its cream); each prediction titled with that image's mIoU.", ""]
+    for image_id in shown.ids:
+        lines += [f"![{image_id}](predictions/{image_id}.png)", "", f"`{image_id}`: {shown.reasons[image_id]}.", ""]
+    return lines
+
+
+def family_lines(analysis: Analysis) -> list[str]:
+    """What DeepLab's two additions buy on top of the tuned DeepLabV3: the V3+ decoder ([finalize] variants, a
+    retrained configuration) and the dense CRF (a protocol: the same runs post-processed)."""
+    variants = [c for c in analysis.family(compare.VARIANT) if c.protocol == analysis.primary]
+    gains = compare.crf_gains(analysis.summaries, analysis.protocols)
+    lines = []
+    if variants:
+        lines += ["The best configuration retrained as each `[finalize] variants` model over the same seeds, paired by "
+                  "seed with the best DeepLabV3 and Holm-adjusted over the variants; its cost is the final table's "
+                  "seconds column.", "", *(f"- {c.sentence()}" for c in variants), ""]
+    if gains:
+        lines += ["The dense CRF refines the same runs' averaged probabilities (segtrain.crf, DeepLab v2's settings), "
+                  "so each seed is compared with itself without the CRF: what it buys, and at what evaluation time "
+                  "(CPU work, in a pool of processes).", "", *(f"- {gain.sentence()}." for gain in gains), ""]
     return lines
 
 
@@ -312,40 +338,46 @@ def published_lines(spec: StudySpec, final_dir: Path, summaries: Sequence[Summar
 
 
 def report_markdown(spec: StudySpec, study: optuna.Study, options: FinalizeOptions, analysis: Analysis,
-                    png_line: str, final_dir: Path) -> str:
+                    png_line: str, final_dir: Path, shown: Gallery | None = None) -> str:
     counts = Counts.of(study)
     summaries = analysis.summaries
     final_seconds = sum(run.result.seconds for s in summaries for run in s.ok)
     scratch = options.scratch.epochs_multiplier
+    configurations = len(summaries)
     lines = [
         f"# Final results: study `{spec.study.name}`", "",
-        f"Spec `{spec.path}`, storage `{safe_url(spec.study.storage)}`. Each configuration was retrained on "
-        f"`{options.train_split}` for {options.epochs:g} epochs"
+        f"{configurations} configurations retrained on `{options.train_split}` for {options.epochs:g} epochs"
         + (f" ({options.epochs * scratch:g} for the scratch arm)" if scratch != 1 else "")
-        + f" with seeds {', '.join(map(str, options.seeds))}, and scored on `{options.val_split}` at the end of "
-        f"training. {selection_sentence(spec, options)}"
+        + f" with seeds {', '.join(map(str, options.seeds))} after a search of {len(study.trials)} trials, scored "
+        f"on `{options.val_split}`; verdicts under `{analysis.primary}`, each at the seeds both arms finished.", "",
+        "## Findings", "", *findings.lines(spec, study, options, analysis), "",
+        "## Final table", "",
+        f"Spec `{spec.path}`, storage `{safe_url(spec.study.storage)}`. {selection_sentence(spec, options)}"
         + (f" {overlap}" if (overlap := seed_overlap_sentence(spec, options)) else ""), "",
         f"Per configuration: seeds finished/planned, the {miou_title(OWN_PROTOCOL)} (single scale, at the output "
         "stride it trained with, no flip) as mean ± sample standard deviation over the finished seeds, and the "
-        "95% t-interval of that mean. A seed that failed (diverged, out of memory, weights unavailable) is listed "
-        "with its reason and left out of the mean, never dropped silently; a diverged seed is also an outcome "
+        "95% t-interval of that mean. A seed that failed (diverged, out of memory, weights unavailable) is counted "
+        "in its row and its reason given in the notes below the table, and it is left out of the mean, never "
+        "dropped silently; a diverged seed is also an outcome "
         "of its configuration, so every comparison of that configuration is unstable rather than judged on the "
         "seeds it survived (out of memory and unavailable weights say nothing of how a configuration trains). "
         "Peak memory is each run's own (CUDA: "
         "the most the allocator reserved; CPU: peak resident set since the run started, what the process already "
         "held included).",
         "",
-        "## Final table", "", tables.final_table(summaries), "",
+        tables.final_table(summaries), "",
     ]
     if any("weights unavailable" in s.status for s in summaries):
         lines += ["To run the pretrained ResNet-101 offline, pass a local torchvision ResNet-101 state_dict: "
                   "`--pretrained-weights PATH` (or `[finalize] pretrained_weights`).", ""]
     lines += [
-        "## Against the baseline", "", *baseline_lines(analysis, options),
-        "## Did the search's ranking hold at full budget?", "", *rank_lines(spec, study, options, analysis),
-        "## ResNet-101: ImageNet-pretrained vs from scratch", "", *r101_lines(analysis),
-        "## Ablation: one factor at a time around the best configuration", "", *ablation_lines(analysis, options),
-        "## Cost and accuracy", "", *cost_lines(spec, study, summaries),
+        f"## {findings.BASELINE}", "", *baseline_lines(analysis, options),
+        f"## {findings.RANK}", "", *rank_lines(spec, study, options, analysis),
+        f"## {findings.R101}", "", *r101_lines(analysis),
+        f"## {findings.ABLATION}", "", *ablation_lines(analysis, options),
+        *([f"## {findings.FAMILY}", "", *family] if (family := family_lines(analysis)) else []),
+        *([f"## {findings.PICTURES}", "", *gallery_lines(shown)] if shown is not None else []),
+        f"## {findings.COST}", "", *cost_lines(spec, study, summaries),
         "## Per-class IoU (mean ± std over seeds)", "", tables.per_class_table(summaries), "",
         "## Search summary", "",
         *(f"- {line}" for line in summary_lines(study)),
@@ -356,13 +388,15 @@ def report_markdown(spec: StudySpec, study: optuna.Study, options: FinalizeOptio
         f"The search's scores are single short-budget runs on `{spec.train_config().val_split}`: the gap between "
         "its best trial and the baseline trial carries no test; the comparisons above do.", "",
         *recipe_lines(study),
-        "## What each factor does", "", *factor_lines(analysis.effects),
+        "## What the search's trials suggest about each factor (observational)", "", *factor_lines(analysis.effects),
         "## Parameter importance", "", *importance_lines(analysis.rankings),
         "## Figures", "",
-        "[figures.html](figures.html): optimization history, parameter importance, what each factor does, parallel "
-        "coordinates, slice plots, mIoU against device-hours (final configurations and search trials, Pareto "
-        "fronts marked), learning curves of the final runs and per-class IoU bars (self-contained, works "
-        f"offline). {png_line}.", "",
+        "[figures.html](figures.html): the gallery of predictions, optimization history, parameter importance, "
+        "the expected best score against the number of trials, the controlled experiments' forest plot, what the "
+        "search's trials suggest of each factor, parallel coordinates, slice plots, mIoU against device-hours "
+        "(final configurations and search trials, Pareto fronts marked), learning curves of the final runs, "
+        "per-class IoU bars and the best configuration's confusion matrix (self-contained, works offline). "
+        f"{png_line}.", "",
         "Files: " + ", ".join(f"[{name}]({name})" for name in FILES[1:]) + ".", "",
         *published_lines(spec, final_dir, summaries),
     ]

@@ -152,6 +152,16 @@ def minimal_detectable_difference(std: float, n: int, alpha: float = ALPHA, powe
     return float(optimize.brentq(shortfall, 0.0, high, xtol=1e-10)) * std / math.sqrt(n)
 
 
+def seeds_needed(difference: float, std: float, alpha: float = ALPHA, power: float = POWER,
+                 most: int = 30) -> int | None:
+    """The fewest seeds at which a paired t-test detects |difference| with `power` at `alpha`, given the
+    std of the per-seed differences (as minimal_detectable_difference); None if more than `most` would."""
+    for n in range(2, most + 1):
+        if minimal_detectable_difference(std, n, alpha, power) <= abs(difference):
+            return n
+    return None
+
+
 def holm(pvalues: Sequence[float | None]) -> list[float | None]:
     """Holm's step-down adjustment over a planned family of m = len(pvalues) comparisons.
 

@@ -46,21 +46,42 @@ def protocol_columns(summaries: Sequence[Summary]) -> list[str]:
 
 
 def final_table(summaries: Sequence[Summary]) -> str:
-    """Per configuration: seeds finished/planned, mIoU per protocol (mean ± std, 95% interval), cost."""
+    """Per configuration: seeds finished/planned (failures by note number), mIoU per protocol (mean ± std, 95%
+    interval), cost; then the notes, each failure's reason once (a reason is often a paragraph)."""
     protocols = protocol_columns(summaries)
+    notes = failure_notes(summaries)
     headers = ["configuration", "what", "seeds", *(h for p in protocols for h in (miou_title(p), "95% CI")),
-               "pixel accuracy", "seconds", "images/s", "peak memory", "parameters", "failed seeds"]
+               "pixel accuracy", "seconds", "images/s", "peak memory", "parameters"]
     rows = []
     for s in summaries:
         stats = s.stats
-        rows.append([s.name, s.configuration.description, s.seeds,
+        rows.append([s.name, s.configuration.description, seeds_cell(s, notes),
                      *(c for p in protocols for c in (mean_std(s.miou[p]), interval(s.miou[p].ci95))),
                      mean_std(stats["pixel_accuracy"]), mean_std(stats["seconds"], ".1f"),
                      mean_std(stats["images_per_second"], ".1f"),
                      mean_std(stats["peak_memory_bytes"], ".0f", 2**20, " MiB"),
-                     "-" if stats["parameters"].mean is None else f"{stats['parameters'].mean / 1e6:.1f}M",
-                     "" if s.status == "ok" else s.status])
-    return markdown_table(headers, rows)
+                     "-" if stats["parameters"].mean is None else f"{stats['parameters'].mean / 1e6:.1f}M"])
+    table = markdown_table(headers, rows)
+    if not notes:
+        return table
+    failed = {reason: [f"`{s.name}` seed {run.seed}" for s in summaries for run in s.failed if run.status == reason]
+              for reason in notes}
+    return "\n".join([table, "", *(f"{number}. {', '.join(failed[reason])}: {reason}"
+                                   for number, reason in enumerate(notes, start=1))])
+
+
+def failure_notes(summaries: Sequence[Summary]) -> list[str]:
+    """The distinct reasons seeds failed, in table order: the final table's notes, numbered from 1."""
+    return list(dict.fromkeys(run.status for s in summaries for run in s.failed))
+
+
+def seeds_cell(s: Summary, notes: Sequence[str]) -> str:
+    """finished/planned, and how many failed with which notes: "2/3 (1 failed, note 1)"."""
+    if not s.failed:
+        return s.seeds
+    numbers = sorted({notes.index(run.status) + 1 for run in s.failed})
+    return (f"{s.seeds} ({len(s.failed)} failed, note{'s' if len(numbers) > 1 else ''} "
+            f"{', '.join(map(str, numbers))})")
 
 
 def comparison_table(comparisons: Sequence[Comparison]) -> str:
@@ -73,21 +94,21 @@ def comparison_table(comparisons: Sequence[Comparison]) -> str:
     return markdown_table(headers, rows)
 
 
-def ablation_table(field: str, rows_for: Sequence[tuple[Any, Summary, Comparison | None]], protocol: str) -> str:
-    """One factor: each value's mIoU and its paired difference from the best configuration (no comparison: the
-    best itself)."""
-    headers = [field, "configuration", "seeds", miou_title(protocol), "95% CI", "vs best", "95% CI (seeds)",
-               "95% CI (val images)", "p Holm", "verdict"]
-    rows = []
-    for value, s, c in rows_for:
+def ablation_table(centre: Summary, rows_for: Sequence[tuple[Summary, Comparison]], protocol: str) -> str:
+    """Every experiment of the ablation: its factor and value, its mIoU, and its difference from the centre
+    (paired by seed, Holm-adjusted over the experiments; its interval over seeds and over val images) with
+    the verdict; the centre first, for reference."""
+    headers = ["factor", "value", "configuration", "seeds", miou_title(protocol), "95% CI", "vs centre",
+               "95% CI (seeds)", "95% CI (val images)", "p Holm", "verdict"]
+    stat = centre.miou[protocol]
+    rows = [["(centre)", "", centre.name, centre.seeds, mean_std(stat), interval(stat.ci95), "", "", "", "", ""]]
+    for s, c in rows_for:
         stat = s.miou[protocol]
-        if c is None:  # the best configuration itself
-            rows.append([value, s.name, s.seeds, mean_std(stat), interval(stat.ci95), "(reference)", "", "", "", ""])
-        else:
-            rows.append([value, s.name, s.seeds, mean_std(stat), interval(stat.ci95),
-                         "-" if c.paired.difference is None else f"{c.paired.difference:+.4f}",
-                         interval(c.paired.ci95, "+.4f"), interval(c.bootstrap.ci95 if c.bootstrap else None, "+.4f"),
-                         _p(c.p_holm), c.verdict])
+        field, value = s.configuration.factor
+        rows.append([field, _value(value), s.name, s.seeds, mean_std(stat), interval(stat.ci95),
+                     "-" if c.paired.difference is None else f"{c.paired.difference:+.4f}",
+                     interval(c.paired.ci95, "+.4f"), interval(c.bootstrap.ci95 if c.bootstrap else None, "+.4f"),
+                     _p(c.p_holm), c.verdict])
     return markdown_table(headers, rows)
 
 

@@ -6,15 +6,8 @@ of hpo may import it.
 """
 
 from hpo.spec.load import load_spec
-from hpo.spec.sections import (
-                               Component,
-                               FinalizeOptions,
-                               Recipe,
-                               ScratchRecipe,
-                               StudyOptions,
-                               StudySpec,
-                               default_storage,
-)
+from hpo.spec.sections import (Ablation, Component, FinalizeOptions, Multiple, Recipe, ScratchRecipe, StudyOptions,
+                               StudySpec, default_storage)
 
-__all__ = ["Component", "FinalizeOptions", "Recipe", "ScratchRecipe", "StudyOptions", "StudySpec",
-           "default_storage", "load_spec"]
+__all__ = ["Ablation", "Component", "FinalizeOptions", "Multiple", "Recipe", "ScratchRecipe", "StudyOptions",
+           "StudySpec", "default_storage", "load_spec"]

@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 import optuna
 
 from hpo.space import Param, condition_key
-from hpo.spec.sections import Component, FinalizeOptions, Recipe, ScratchRecipe, StudyOptions, StudySpec, is_of
+from hpo.spec.sections import (Ablation, Component, FinalizeOptions, Multiple, Recipe, ScratchRecipe, StudyOptions,
+                               StudySpec, is_of)
 from segtrain.config import TrainConfig, field_names, field_type
 from segtrain.errors import ConfigError, UserError
 
@@ -118,6 +119,8 @@ def load_spec(path: str | Path, sections: Mapping[str, dict[str, Any]] | None = 
         baseline = _parse_point(tables["baseline"], space, tables["train"])
     recipes = _parse_recipes(path, tables["recipes"], space, tables["train"], baseline)
     finalize = _parse_finalize(path, tables["finalize"], base, "epochs" in tables["space"])
+    if finalize.ablation.factors and finalize.ablation.around == "baseline" and not baseline:
+        raise UserError(f'{path}: [finalize.ablation] around: "baseline" needs a [baseline] recipe to centre on')
     return StudySpec(path, study, dict(tables["train"]), tuple(space), sampler, pruner, baseline, finalize,
                      recipes)
 
@@ -167,21 +170,36 @@ def _parse_scratch(table: Mapping[str, Any], base: TrainConfig) -> ScratchRecipe
     return ScratchRecipe(**{key: table[key] for key in own if key in table}, overrides=overrides)
 
 
-def _parse_ablation(table: Mapping[str, Any], base: TrainConfig) -> dict[str, tuple[Any, ...]]:
-    """field = [values]: each a value TrainConfig accepts for that field, none repeated."""
-    ablation: dict[str, tuple[Any, ...]] = {}
+def _parse_ablation(table: Mapping[str, Any], base: TrainConfig) -> Ablation:
+    """around, budget, then field = [values]: each a value TrainConfig accepts for that field (or, for a
+    float field, a multiple of the centre's: "x3", "x1/3"), none repeated."""
+    own = {key: table[key] for key in ("around", "budget") if key in table}
+    factors: dict[str, tuple[Any, ...]] = {}
     for key, values in table.items():
+        if key in own:
+            continue
         if key not in field_names():
-            raise ConfigError(key, _unknown("TrainConfig field", key, field_names()))
+            raise ConfigError(key, _unknown("setting or TrainConfig field", key, ["around", "budget", *field_names()]))
         if key in SHARED_FIELDS or key.startswith("synthetic"):
             raise ConfigError(key, "is shared by every configuration, so it cannot be ablated")
         if not isinstance(values, list) or not values:
             raise ConfigError(key, f"must be a non-empty list of values, e.g. output_stride = [8, 16], got {values!r}")
-        checked = tuple(_checked_value(key, value, base) for value in values)
+        checked = tuple(_factor_value(key, value, base) for value in values)
         if len(set(map(repr, checked))) < len(checked):
             raise ConfigError(key, f"repeats a value: {values}")
-        ablation[key] = checked
-    return ablation
+        factors[key] = checked
+    return Ablation(**own, factors=factors)
+
+
+def _factor_value(key: str, value: Any, base: TrainConfig) -> Any:
+    """A value of the field, or "xA" / "xA/B" (a float field only): that multiple of the centre's value."""
+    if not (isinstance(value, str) and value.startswith("x") and field_type(key) is float):
+        return _checked_value(key, value, base)
+    found = re.fullmatch(r"x(\d+(?:\.\d+)?)(?:/(\d+(?:\.\d+)?))?", value)
+    factor = float(found.group(1)) / float(found.group(2) or 1) if found else 0.0
+    if not factor > 0:
+        raise ConfigError(key, f"{value!r}: a multiple of the centre's value is written x3 or x1/3")
+    return Multiple(factor, value)
 
 
 def _checked_value(key: str, value: Any, base: TrainConfig) -> Any:

@@ -121,6 +121,48 @@ class ScratchRecipe:
 
 
 @dataclass(frozen=True)
+class Multiple:
+    """A factor value given relative to the centre's, e.g. lr = "x3" or "x1/3"."""
+
+    factor: float
+    text: str  # as the spec wrote it: "x1/3"
+
+    def of(self, centre: float) -> float:
+        return centre * self.factor
+
+    def __str__(self) -> str:
+        return self.text
+
+
+ABLATION_CENTRES = ("best", "baseline")
+ABLATION_BUDGETS = ("search", "full")
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """[finalize.ablation]: controlled experiments, one factor at a time around a centre configuration.
+
+    Each value of a factor other than the centre's own is one more configuration, trained over
+    the same seeds as the centre and compared with it by seed. `budget = "search"` trains them
+    (and the centre again) at the search's epochs on the search's training split, about a
+    twelfth of a full run for voc_r50, so every factor the lab names can afford three seeds;
+    `"full"` at finalize's. Either way they are scored on finalize's val_split, which nothing
+    selected on. A value may be relative to the centre's (Multiple, float fields); an
+    `optimizer` value brings the lr and weight decay the search found for that optimizer.
+    """
+
+    around: str = "best"  # the centre: the best configuration, or the [baseline] recipe
+    budget: str = "search"  # "search": the search's epochs and training split; "full": finalize's
+    factors: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # field -> values
+
+    def __post_init__(self) -> None:
+        check("around", self.around, str, lambda v: v in ABLATION_CENTRES,
+              f"must be one of {', '.join(ABLATION_CENTRES)}")
+        check("budget", self.budget, str, lambda v: v in ABLATION_BUDGETS,
+              f"must be one of {', '.join(ABLATION_BUDGETS)}")
+
+
+@dataclass(frozen=True)
 class FinalizeOptions:
     """[finalize]: the configurations retrained at full budget over seeds, on which splits, the other
     members of the DeepLab family the best configuration is retrained as (`variants`), and the two
@@ -136,7 +178,7 @@ class FinalizeOptions:
     eval: tuple[str, ...] = ("ss",)  # segtrain.evaluation.PRESETS each final run is scored under ("ss": its own)
     variants: tuple[str, ...] = ()  # TrainConfig.model values: the best configuration retrained as each, same seeds
     scratch: ScratchRecipe = ScratchRecipe()
-    ablation: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # field -> values, around the best
+    ablation: Ablation = Ablation()
 
     def __post_init__(self) -> None:
         check("top_k", self.top_k, int, lambda v: v >= 1, "must be >= 1")
@@ -289,9 +331,10 @@ class StudySpec:
             + ", ".join(f"{k} = {v}" for k, v in _scratch_settings(self.finalize.scratch).items())
             + f") are retrained for {self.finalize.epochs:g} epochs with seeds "
             f"{', '.join(map(str, self.finalize.seeds))}"
-            + ("; ablations around the best: " + "; ".join(f"{k} in {list(v)}" for k, v in
-                                                           self.finalize.ablation.items())
-               if self.finalize.ablation else "")
+            + ("; one factor at a time around the " + self.finalize.ablation.around + " at the "
+               + self.finalize.ablation.budget + " budget: " + "; ".join(
+                   f"{k} in [{', '.join(map(str, v))}]" for k, v in self.finalize.ablation.factors.items())
+               if self.finalize.ablation.factors else "")
             + ("; the best configuration also as " + ", ".join(MODELS[m] for m in self.finalize.variants)
                if self.finalize.variants else "") + ".",
         ]

@@ -222,10 +222,11 @@ class VOCSegmentation(torch.utils.data.Dataset):
     `eval_transform()` (the full image, unchanged).
     """
 
-    def __init__(self, voc_dir: str | os.PathLike[str], split: str, transform: Transform | None = None):
+    def __init__(self, voc_dir: str | os.PathLike[str], split: str, transform: Transform | None = None,
+                 ids: Sequence[str] | None = None):
         self.voc_dir = Path(voc_dir)
         self.split = split
-        self.ids = read_split_ids(self.voc_dir, split)
+        self.ids = read_split_ids(self.voc_dir, split) if ids is None else list(ids)  # `ids`: some of the split
         self.transform = transform or eval_transform()
         self._check_files_exist()
 
