@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import PIL.ImageFont
 import pytest
 
 from hpo.finalize.gallery import DISAGREEING, DRAWN, choose, image_miou_of, shown_runs, write_mask
@@ -69,11 +70,20 @@ def test_a_picture_holds_the_image_its_truth_and_each_prediction_in_the_voc_pale
     with PIL.Image.open(path) as sheet, PIL.Image.open(image_path(voc, image_id)) as image:
         sheet, image = np.array(sheet.convert("RGB")), np.array(image.convert("RGB"))
     height, width = truth.shape
-    assert sheet.shape == (2 * (height + gallery.TITLE_PIXELS), 3 * width, 3)  # 4 panels, 3 a row
+    # the titles wrap to the 48-pixel panels (a word wider than a panel cut inside), and the band
+    # above each row holds the longest one
+    font = PIL.ImageFont.load_default(size=gallery.FONT_PIXELS)
+    titles = [gallery.wrapped(title, width - 2 * gallery.MARGIN_PIXELS, font)
+              for title in (f"image {image_id}", "ground truth", "baseline (baseline): mIoU 0.500")]
+    assert all(font.getlength(line) <= width - 2 * gallery.MARGIN_PIXELS for lines in titles for line in lines)
+    assert ["".join(lines).replace(" ", "") for lines in titles] == [f"image{image_id}", "groundtruth",
+                                                                     "baseline(baseline):mIoU0.500"]
+    strip = gallery.title_strip(titles)
+    assert sheet.shape == (2 * (height + strip), 3 * width, 3)  # 4 panels, 3 a row
     palette = np.array(VOC_PALETTE, dtype=np.uint8).reshape(256, 3)
 
     def panel(index: int) -> np.ndarray:
-        top = (index // 3) * (height + gallery.TITLE_PIXELS) + gallery.TITLE_PIXELS
+        top = (index // 3) * (height + strip) + strip
         return sheet[top:top + height, (index % 3) * width:(index % 3 + 1) * width]
 
     assert np.array_equal(panel(0), image)

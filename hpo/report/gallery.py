@@ -22,8 +22,9 @@ from segtrain.data.voc import image_path, mask_path, read_mask
 from segtrain.fileio import write_atomic
 
 COLUMNS = 3
-TITLE_PIXELS = 22
 FONT_PIXELS = 14
+LINE_PIXELS = 16  # a title's line, its spacing included
+MARGIN_PIXELS = 3
 
 
 @dataclass(frozen=True)
@@ -101,12 +102,37 @@ def _coloured(mask: PIL.Image.Image) -> PIL.Image.Image:
 
 def _grid(panels: list[tuple[str, PIL.Image.Image]]) -> PIL.Image.Image:
     width, height = panels[0][1].size
-    rows = -(-len(panels) // COLUMNS)
-    sheet = PIL.Image.new("RGB", (COLUMNS * width, rows * (height + TITLE_PIXELS)), "white")
-    pen = PIL.ImageDraw.Draw(sheet)
     font = PIL.ImageFont.load_default(size=FONT_PIXELS)
-    for index, (title, image) in enumerate(panels):
-        left, top = (index % COLUMNS) * width, (index // COLUMNS) * (height + TITLE_PIXELS)
-        pen.text((left + 4, top + 3), title, fill="black", font=font)
-        sheet.paste(image, (left, top + TITLE_PIXELS))
+    titles = [wrapped(title, width - 2 * MARGIN_PIXELS, font) for title, _ in panels]
+    strip = title_strip(titles)
+    rows = -(-len(panels) // COLUMNS)
+    sheet = PIL.Image.new("RGB", (COLUMNS * width, rows * (height + strip)), "white")
+    pen = PIL.ImageDraw.Draw(sheet)
+    for index, (lines, (_, image)) in enumerate(zip(titles, panels)):
+        left, top = (index % COLUMNS) * width, (index // COLUMNS) * (height + strip)
+        pen.multiline_text((left + MARGIN_PIXELS, top + MARGIN_PIXELS), "\n".join(lines), fill="black", font=font,
+                           spacing=LINE_PIXELS - FONT_PIXELS)
+        sheet.paste(image, (left, top + strip))
     return sheet
+
+
+def title_strip(titles: list[list[str]]) -> int:
+    """The height of the band above each row of panels: room for the longest title's lines."""
+    return 2 * MARGIN_PIXELS + LINE_PIXELS * max(len(lines) for lines in titles)
+
+
+def wrapped(title: str, width: float, font: PIL.ImageFont.ImageFont) -> list[str]:
+    """The title in lines no wider than `width` pixels: at spaces, and inside a word only where one word is
+    wider than the panel (a small image's panel is narrower than its id)."""
+    lines: list[str] = []
+    for word in title.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and font.getlength(candidate) <= width:
+            lines[-1] = candidate
+            continue
+        while font.getlength(word) > width and len(word) > 1:
+            cut = max([n for n in range(2, len(word)) if font.getlength(word[:n]) <= width], default=1)
+            lines.append(word[:cut])
+            word = word[cut:]
+        lines.append(word)
+    return lines
