@@ -3,6 +3,7 @@ shows, each image's mIoU, the panels of a picture, and the expected best of n tr
 
 from __future__ import annotations
 
+import base64
 import itertools
 from pathlib import Path
 
@@ -91,6 +92,10 @@ def test_a_picture_holds_the_image_its_truth_and_each_prediction_in_the_voc_pale
     assert tuple(palette[IGNORE_INDEX]) == (224, 224, 192)
     assert np.array_equal(panel(2), palette[predictions["baseline"]])
     assert np.array_equal(panel(3), palette[predictions["top-1"]])
+    # figures.html inlines the same PNG, a 144-pixel sheet shown at 720 pixels, with why the image was chosen
+    section = gallery.html_section([path], shown)
+    assert base64.b64encode(path.read_bytes()).decode() in section
+    assert 'style="width:720px;max-width:100%"' in section and "drawn at random (seed 0)" in section
 
 
 def test_a_configuration_with_two_roles_is_one_panel_with_both_names():

@@ -25,6 +25,7 @@ COLUMNS = 3
 FONT_PIXELS = 14
 LINE_PIXELS = 16  # a title's line, its spacing included
 MARGIN_PIXELS = 3
+MIN_SHOWN_PIXELS = 720  # figures.html's width for a sheet of small images (the demo's 96-pixel ones)
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,10 @@ def html_section(paths: list[Path], gallery: Gallery) -> str:
     parts = []
     for path, image_id in zip(paths, gallery.ids):
         data = base64.b64encode(path.read_bytes()).decode()
+        with PIL.Image.open(path) as sheet:
+            width = max(sheet.width, MIN_SHOWN_PIXELS)  # a small image's sheet is shown larger, never smaller
         parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(image_id)}" '
-                     f'style="max-width:100%"><figcaption>{html.escape(image_id)}: '
+                     f'style="width:{width}px;max-width:100%"><figcaption>{html.escape(image_id)}: '
                      f"{html.escape(gallery.reasons[image_id])}</figcaption></figure>")
     return "\n".join(parts)
 
