@@ -44,6 +44,7 @@ from hpo.plan.cost import CostModel
 from hpo.plan.estimate import Estimator
 from hpo.plan.probe import matching_probe
 from hpo.report.artifacts import DASHBOARD_DRAWS
+from hpo.report.gallery import LINE_PIXELS, MARGIN_PIXELS
 from hpo.spec import load_spec
 from segtrain.cli import run
 from segtrain.config import TrainConfig
@@ -450,7 +451,11 @@ def test_the_gallery_shows_each_chosen_val_image_with_every_arms_prediction(fina
             width, height = picture.size
         with PIL.Image.open(next(Path("cache").glob(f"**/JPEGImages/{image_id}.jpg"))) as image:  # the data
             panels = 2 + len(shown["panels"])  # the image, its ground truth, one prediction per arm
-            assert width == 3 * image.width and height == -(-panels // 3) * (image.height + 22)
+            rows = -(-panels // 3)
+            # each row: its band of titles (whole lines, as many as the longest title needs), then the panels
+            band = height / rows - image.height
+            assert width == 3 * image.width and band == int(band) > 2 * MARGIN_PIXELS
+            assert (band - 2 * MARGIN_PIXELS) % LINE_PIXELS == 0
 
 
 def test_report_and_figures_are_attached_to_the_study(finalized):
