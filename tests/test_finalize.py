@@ -44,7 +44,7 @@ from hpo.plan.cost import CostModel
 from hpo.plan.estimate import Estimator
 from hpo.plan.probe import matching_probe
 from hpo.report.artifacts import DASHBOARD_DRAWS
-from hpo.report.gallery import LINE_PIXELS, MARGIN_PIXELS
+from hpo.report.gallery import LINE_PIXELS, MARGIN_PIXELS, MIN_CELL_PIXELS
 from hpo.spec import load_spec
 from segtrain.cli import run
 from segtrain.config import TrainConfig
@@ -454,7 +454,8 @@ def test_the_gallery_shows_each_chosen_val_image_with_every_arms_prediction(fina
             rows = -(-panels // 3)
             # each row: its band of titles (whole lines, as many as the longest title needs), then the panels
             band = height / rows - image.height
-            assert width == 3 * image.width and band == int(band) > 2 * MARGIN_PIXELS
+            # 3 panels a row, each in a cell as wide as the image or as the titles' minimum
+            assert width == 3 * max(image.width, MIN_CELL_PIXELS) and band == int(band) > 2 * MARGIN_PIXELS
             assert (band - 2 * MARGIN_PIXELS) % LINE_PIXELS == 0
 
 
@@ -557,9 +558,10 @@ def test_weights_unavailable_is_that_rows_status_and_everything_else_completes(f
                      report, re.M)
     findings = report.split("## Findings")[1].split("\n## ")[0]
     assert "**ResNet-101, ImageNet-pretrained vs from scratch** ([detail](#resnet-101-imagenet-pretrained-vs-from-" \
-           "scratch)): not compared (seeds 0, 1: weights unavailable" in findings
+           "scratch)): not compared (seeds 0, 1: weights unavailable, note 1 under the final table)" in findings
+    assert "cannot download" not in findings  # the reason itself only in the note
     assert "No ResNet-101 comparison: the ImageNet-pretrained run has no result (seeds 0, 1: weights " \
-           "unavailable" in report
+           "unavailable, note 1 under the final table)." in report
     assert "--pretrained-weights PATH" in report
     assert re.search(r"^\| r101-imagenet .*\| 0/2 \(2 failed, note 1\) ", out, re.M)  # the terminal's table too
     assert re.search(r"^1\. `r101-imagenet` seed 0, `r101-imagenet` seed 1: weights unavailable", out, re.M)

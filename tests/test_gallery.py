@@ -52,6 +52,16 @@ def test_an_images_miou_is_over_the_classes_it_shows_void_left_out():
     assert image_miou_of(predicted, target) == pytest.approx((3 / 4 + 2 / 4 + 0) / 3)
 
 
+def test_a_title_wider_than_its_panel_breaks_at_spaces_then_after_a_words_separators_then_inside_it():
+    font = PIL.ImageFont.load_default(size=gallery.FONT_PIXELS)
+    width = font.getlength("synthetic_") + 1  # a 72-pixel portrait panel, less its margins
+    assert gallery.wrapped("image synthetic_val_000003", width, font) == ["image", "synthetic_", "val_", "000003"]
+    assert gallery.wrapped("ResNet-101 scratch", width, font) == ["ResNet-", "101", "scratch"]
+    long = gallery.wrapped("deeplabv3plus):", width, font)  # no separator: cut at the widest prefix that fits
+    assert "".join(long) == "deeplabv3plus):" and len(long) == 2 and font.getlength(long[0]) <= width
+    assert font.getlength(long[0] + long[1][0]) > width
+
+
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("voc")
@@ -71,44 +81,48 @@ def test_a_picture_holds_the_image_its_truth_and_each_prediction_in_the_voc_pale
     with PIL.Image.open(path) as sheet, PIL.Image.open(image_path(voc, image_id)) as image:
         sheet, image = np.array(sheet.convert("RGB")), np.array(image.convert("RGB"))
     height, width = truth.shape
-    # the titles wrap to the 48-pixel panels (a word wider than a panel cut inside), and the band
-    # above each row holds the longest one
+    # a 48-pixel image sits in a cell wide enough for its titles, at its own size; the titles wrap to
+    # the cell, and the band above each row holds the longest one
+    cell = gallery.MIN_CELL_PIXELS
+    assert width < cell
     font = PIL.ImageFont.load_default(size=gallery.FONT_PIXELS)
-    titles = [gallery.wrapped(title, width - 2 * gallery.MARGIN_PIXELS, font)
+    titles = [gallery.wrapped(title, cell - 2 * gallery.MARGIN_PIXELS, font)
               for title in (f"image {image_id}", "ground truth", "baseline (baseline): mIoU 0.500")]
-    assert all(font.getlength(line) <= width - 2 * gallery.MARGIN_PIXELS for lines in titles for line in lines)
+    assert all(font.getlength(line) <= cell - 2 * gallery.MARGIN_PIXELS for lines in titles for line in lines)
     assert ["".join(lines).replace(" ", "") for lines in titles] == [f"image{image_id}", "groundtruth",
                                                                      "baseline(baseline):mIoU0.500"]
     strip = gallery.title_strip(titles)
-    assert sheet.shape == (2 * (height + strip), 3 * width, 3)  # 4 panels, 3 a row
+    assert sheet.shape == (2 * (height + strip), 3 * cell, 3)  # 4 panels, 3 a row
     palette = np.array(VOC_PALETTE, dtype=np.uint8).reshape(256, 3)
 
     def panel(index: int) -> np.ndarray:
         top = (index // 3) * (height + strip) + strip
-        return sheet[top:top + height, (index % 3) * width:(index % 3 + 1) * width]
+        return sheet[top:top + height, (index % 3) * cell:(index % 3) * cell + width]
 
+    assert (sheet[strip:strip + height, width:cell] == 255).all()  # the cell's rest is white
     assert np.array_equal(panel(0), image)
     assert np.array_equal(panel(1), palette[truth])  # void in VOC's own colour (224, 224, 192)
     assert tuple(palette[IGNORE_INDEX]) == (224, 224, 192)
     assert np.array_equal(panel(2), palette[predictions["baseline"]])
     assert np.array_equal(panel(3), palette[predictions["top-1"]])
-    # figures.html inlines the same PNG, a 144-pixel sheet shown at 720 pixels, with why the image was chosen
+    # figures.html inlines the same PNG, a 480-pixel sheet shown at 720 pixels, with why the image was chosen
     section = gallery.html_section([path], shown)
     assert base64.b64encode(path.read_bytes()).decode() in section
     assert 'style="width:720px;max-width:100%"' in section and "drawn at random (seed 0)" in section
 
 
 def test_a_configuration_with_two_roles_is_one_panel_with_both_names():
-    def runs(name: str, roles: tuple[str, ...]) -> list[FinalRun]:
-        c = Configuration(name, "", roles, None, {}, TrainConfig(), None)
+    def runs(name: str, roles: tuple[str, ...], **fields) -> list[FinalRun]:
+        c = Configuration(name, "", roles, None, {}, TrainConfig(**fields), None)
         return [FinalRun(c, seed, Path(f"/runs/{name}/seed-{seed}"),
                          TrainResult(c.config, 0.5, 0.5, [None] * 21, 0.9, 0.8, [], 1, 1.0, 1.0, 1, 1), "ok", "trained")
                 for seed in (2, 1)]
 
     summaries = summarize([*runs("top-1", ("top", "baseline")), *runs("top-2", ("top",)),
+                           *runs("variant deeplabv3plus", ("variant",), model="deeplabv3plus"),
                            *runs("r101-scratch", ("r101-scratch",))])
     panels = [panel for panel, _ in shown_runs(summaries, "ss", "crf")]
     assert [(p.configuration, p.label, p.seed, p.protocol) for p in panels] == [  # each its first seed
         ("top-1", "baseline = best", 1, "ss"), ("top-1", "best + dense CRF", 1, "crf"),
-        ("r101-scratch", "ResNet-101 scratch", 1, "ss")]
-    assert len({p.key for p in panels}) == 3  # the best's two panels keep their masks apart
+        ("variant deeplabv3plus", "DeepLabV3+", 1, "ss"), ("r101-scratch", "ResNet-101 scratch", 1, "ss")]
+    assert len({p.key for p in panels}) == 4  # the best's two panels keep their masks apart

@@ -23,6 +23,7 @@ import torch
 
 from hpo.report.gallery import Gallery, Panel
 from hpo.report.results import FinalRun, Summary
+from segtrain.config import MODELS
 from segtrain.data import voc_dir_for
 from segtrain.data.labels import IGNORE_INDEX, NUM_CLASSES
 from segtrain.data.voc import VOCSegmentation, mask_path, mask_png, read_mask
@@ -53,7 +54,7 @@ def shown_runs(summaries: Sequence[Summary], protocol: str, crf_protocol: str | 
                 shown[same] = (dataclasses.replace(panel, label=f"{panel.label} = {label}"), run)
             else:
                 run = min(summary.ok, key=lambda r: r.seed)
-                name = f"{label}: {summary.configuration.factor[1]}" if role == "variant" else label
+                name = MODELS[summary.configuration.config.model] if role == "variant" else label
                 shown.append((Panel(summary.name, name, run.seed, str(run.run_dir), protocol), run))
     best = next(((p, run) for p, run in shown if _is_best(p)), None)
     if best is not None and crf_protocol is not None:

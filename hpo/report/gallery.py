@@ -25,7 +25,9 @@ COLUMNS = 3
 FONT_PIXELS = 14
 LINE_PIXELS = 16  # a title's line, its spacing included
 MARGIN_PIXELS = 3
+MIN_CELL_PIXELS = 160  # a panel's cell is at least this wide, so a small image's titles fit (the image keeps its size)
 MIN_SHOWN_PIXELS = 720  # figures.html's width for a sheet of small images (the demo's 96-pixel ones)
+CUT_AFTER = "_-/."  # where a word too wide for its panel is cut first: "synthetic_|val_|000003"
 
 
 @dataclass(frozen=True)
@@ -105,14 +107,15 @@ def _coloured(mask: PIL.Image.Image) -> PIL.Image.Image:
 
 def _grid(panels: list[tuple[str, PIL.Image.Image]]) -> PIL.Image.Image:
     width, height = panels[0][1].size
+    cell = max(width, MIN_CELL_PIXELS)
     font = PIL.ImageFont.load_default(size=FONT_PIXELS)
-    titles = [wrapped(title, width - 2 * MARGIN_PIXELS, font) for title, _ in panels]
+    titles = [wrapped(title, cell - 2 * MARGIN_PIXELS, font) for title, _ in panels]
     strip = title_strip(titles)
     rows = -(-len(panels) // COLUMNS)
-    sheet = PIL.Image.new("RGB", (COLUMNS * width, rows * (height + strip)), "white")
+    sheet = PIL.Image.new("RGB", (COLUMNS * cell, rows * (height + strip)), "white")
     pen = PIL.ImageDraw.Draw(sheet)
     for index, (lines, (_, image)) in enumerate(zip(titles, panels)):
-        left, top = (index % COLUMNS) * width, (index // COLUMNS) * (height + strip)
+        left, top = (index % COLUMNS) * cell, (index // COLUMNS) * (height + strip)
         pen.multiline_text((left + MARGIN_PIXELS, top + MARGIN_PIXELS), "\n".join(lines), fill="black", font=font,
                            spacing=LINE_PIXELS - FONT_PIXELS)
         sheet.paste(image, (left, top + strip))
@@ -126,7 +129,7 @@ def title_strip(titles: list[list[str]]) -> int:
 
 def wrapped(title: str, width: float, font: PIL.ImageFont.ImageFont) -> list[str]:
     """The title in lines no wider than `width` pixels: at spaces, and inside a word only where one word is
-    wider than the panel (a small image's panel is narrower than its id)."""
+    wider than the panel, after its last fitting '_', '-', '/' or '.' if it has one."""
     lines: list[str] = []
     for word in title.split():
         candidate = f"{lines[-1]} {word}" if lines else word
@@ -134,7 +137,8 @@ def wrapped(title: str, width: float, font: PIL.ImageFont.ImageFont) -> list[str
             lines[-1] = candidate
             continue
         while font.getlength(word) > width and len(word) > 1:
-            cut = max([n for n in range(2, len(word)) if font.getlength(word[:n]) <= width], default=1)
+            fits = [n for n in range(1, len(word)) if font.getlength(word[:n]) <= width]
+            cut = max([n for n in fits if word[n - 1] in CUT_AFTER] or fits, default=1)
             lines.append(word[:cut])
             word = word[cut:]
         lines.append(word)
