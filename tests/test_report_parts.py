@@ -103,6 +103,14 @@ def test_a_comparison_without_two_shared_seeds_is_inconclusive_with_its_reason()
     assert "from one seed (1 seed finished in both, a test needs 2)" in found.sentence()
 
 
+def test_a_failed_configuration_is_referred_to_by_its_failures_kind_and_note_not_its_long_reason():
+    a, b = configuration("r101-imagenet", ("r101-imagenet",)), configuration("r101-scratch", ("r101-scratch",))
+    summaries = summarize([*runs(a, [0.7, None, None], "weights unavailable: offline, and a paragraph on why"),
+                           *runs(b, [None, 0.52, None], "out of memory: CUDA out of memory")])
+    assert tables.failure_reference(summaries[0], summaries) == "seeds 1, 2: weights unavailable, note 1"
+    assert tables.failure_reference(summaries[1], summaries) == "seeds 0, 2: out of memory, note 2"
+
+
 def test_ablation_experiments_are_compared_with_their_centre_only():
     best = configuration("top-1", ("top",), 0.8)
     centre = configuration("ablation centre", ("ablation-centre",), epochs=4.0)  # at the search budget
@@ -123,10 +131,17 @@ def test_a_variant_is_compared_with_the_best_configuration():
     best = configuration("top-1", ("top",), 0.8)
     variant = Configuration("variant deeplabv3plus", "", ("variant",), None, {}, TrainConfig(model="deeplabv3plus"),
                             None, ("model", "deeplabv3plus"))
-    summaries = summarize([*runs(best, [0.70, 0.71, 0.72]), *runs(variant, [0.74, 0.77, 0.75])])
+    plus_runs = [dataclasses.replace(run, result=dataclasses.replace(run.result, seconds=seconds, parameters=26_680_000))
+                 for run, seconds in zip(runs(variant, [0.74, 0.77, 0.75]), (69.0, 70.0, 71.0))]
+    summaries = summarize([*runs(best, [0.70, 0.71, 0.72]), *plus_runs])
     (found,) = compare.comparisons(summaries)
     assert (found.a, found.b, found.family, found.paired.n) == ("variant deeplabv3plus", "top-1", "variant vs best", 3)
     assert found.paired.difference == pytest.approx(0.0433, abs=1e-4)
+    # what it buys and at what cost, in one place: the family section's sentence names both runs' seconds
+    analysis = Analysis(summaries, compare.comparisons(summaries, "ss"), compare.rank_agreement(summaries), [], [])
+    family = "\n".join(document.family_lines(analysis))
+    assert f"- {found.sentence()} It costs 70 s a run against 60 s for `top-1` (training and its evaluation, mean " \
+           "over seeds), 26.7M parameters against 40.0M." in family
 
 
 def test_rank_agreement_is_kendalls_tau_over_the_search_trials(summaries):

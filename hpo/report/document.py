@@ -183,8 +183,8 @@ def r101_lines(analysis: Analysis) -> list[str]:
     pretrained, scratch = find(analysis.summaries, "r101-imagenet"), find(analysis.summaries, "r101-scratch")
     for s, what in ((pretrained, "ImageNet-pretrained"), (scratch, "from-scratch")):
         if s is None or not s.ok:
-            return [f"No ResNet-101 comparison: the {what} run has no result "
-                    f"({s.status if s else 'not planned'}).", ""]
+            why = tables.failure_reference(s, analysis.summaries) + " under the final table" if s else "not planned"
+            return [f"No ResNet-101 comparison: the {what} run has no result ({why}).", ""]
     budget = (f"{pretrained.configuration.config.epochs:g} epochs pretrained, "
               f"{scratch.configuration.config.epochs:g} from scratch")
     best = find(analysis.summaries, "top")
@@ -247,9 +247,11 @@ def family_lines(analysis: Analysis) -> list[str]:
     gains = compare.crf_gains(analysis.summaries, analysis.protocols)
     lines = []
     if variants:
+        by_name = {s.name: s for s in analysis.summaries}
         lines += ["The best configuration retrained as each `[finalize] variants` model over the same seeds, paired by "
-                  "seed with the best DeepLabV3 and Holm-adjusted over the variants; its cost is the final table's "
-                  "seconds column.", "", *(f"- {c.sentence()}" for c in variants), ""]
+                  "seed with the best DeepLabV3 and Holm-adjusted over the variants:", "",
+                  *(f"- {c.sentence()} It costs {findings.cost_against(by_name[c.a], by_name[c.b])}." for c in variants),
+                  ""]
     if gains:
         lines += ["The dense CRF refines the same runs' averaged probabilities (segtrain.crf, DeepLab v2's settings), "
                   "so each seed is compared with itself without the CRF: what it buys, and at what evaluation time "

@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 
-from hpo.report import compare, stats
+from hpo.report import compare, stats, tables
 from hpo.report.analysis import Analysis
 from hpo.report.compare import Comparison
 from hpo.report.results import Summary, find
@@ -52,7 +52,8 @@ def lines(spec: StudySpec, study: optuna.Study, options: FinalizeOptions, analys
     found = [*top_lines(family[compare.TOP_VS_BASELINE], by_name),
              *factor_lines(family[compare.ABLATION], by_name, analysis.summaries),
              *r101_lines(family[compare.PRETRAINED_VS_SCRATCH], analysis.summaries),
-             *(f"- **{c.a} vs the best DeepLabV3** ({link(FAMILY)}): {finding(c)}." for c in family[compare.VARIANT]),
+             *(f"- **{c.a} vs the best DeepLabV3** ({link(FAMILY)}): {finding(c)}; "
+               f"{cost_against(by_name[c.a], by_name[c.b])}." for c in family[compare.VARIANT]),
              *(f"- **The dense CRF** ({link(FAMILY)}): {gain.sentence()}."
                for gain in compare.crf_gains(analysis.summaries, analysis.protocols)),
              rank_line(analysis), cost_line(study, analysis.summaries)]
@@ -117,11 +118,22 @@ def r101_lines(found: Sequence[Comparison], summaries: Sequence[Summary]) -> lis
     recipes = (f"pretrained: {pretrained.configuration.description}, a recipe the search tuned on ResNet-50; "
                "scratch: that recipe changed by a fixed rule after He et al. 2019, untuned")
     if not found or found[0].paired.difference is None:
-        why = pretrained.status if pretrained.status != "ok" else (found[0].reason if found else "no seed finished")
+        why = (tables.failure_reference(pretrained, summaries) + " under the final table" if pretrained.failed
+               else found[0].reason if found else "no seed finished")
         return [f"- **ResNet-101, ImageNet-pretrained vs from scratch** ({link(R101)}): not compared ({why}); "
                 f"{recipes}."]
     return [f"- **ResNet-101, ImageNet-pretrained vs from scratch** ({link(R101)}): {finding(found[0])}, at this "
             f"budget and with these recipes ({recipes})."]
+
+
+def cost_against(a: Summary, b: Summary) -> str:
+    """What a costs beside b, per run: '70 s a run against 109 s for `top-1`, 26.7M parameters against 39.6M'."""
+    seconds, parameters = a.stats["seconds"].mean, a.stats["parameters"].mean
+    if seconds is None or parameters is None or b.stats["seconds"].mean is None:
+        return f"no finished run of `{a.name}` to time"
+    return (f"{seconds:.0f} s a run against {b.stats['seconds'].mean:.0f} s for `{b.name}` (training and its "
+            f"evaluation, mean over seeds), {parameters / 1e6:.1f}M parameters against "
+            f"{b.stats['parameters'].mean / 1e6:.1f}M")
 
 
 def rank_line(analysis: Analysis) -> str:

@@ -75,6 +75,17 @@ def failure_notes(summaries: Sequence[Summary]) -> list[str]:
     return list(dict.fromkeys(run.status for s in summaries for run in s.failed))
 
 
+def failure_reference(s: Summary, summaries: Sequence[Summary]) -> str:
+    """A configuration's failed seeds, each kind of failure named briefly with its note under the final table
+    (where the reason, often a paragraph, is given once): "seeds 0, 1: weights unavailable, note 1"."""
+    notes = failure_notes(summaries)
+    seeds: dict[str, list[int]] = {}
+    for run in s.failed:
+        seeds.setdefault(run.status, []).append(run.seed)
+    return "; ".join(f"seed{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}: "
+                     f"{reason.split(':')[0]}, note {notes.index(reason) + 1}" for reason, numbers in seeds.items())
+
+
 def seeds_cell(s: Summary, notes: Sequence[str]) -> str:
     """finished/planned, and how many failed with which notes: "2/3 (1 failed, note 1)"."""
     if not s.failed:
