@@ -7,6 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from hpo.plan.cost import split_size
 from hpo.spec import StudySpec, load_spec
 from segtrain.config import TrainConfig
 from segtrain.errors import ConfigError, UserError
@@ -37,7 +38,9 @@ def test_shipped_studies_parse(name: str) -> None:
     assert {"lr", "optimizer", "crop_size", "batch_size", "output_stride"} <= {p.field for p in spec.space}
     baseline = spec.train_config(spec.baseline)
     assert (baseline.optimizer, baseline.momentum, baseline.output_stride) == ("sgd", 0.9, 16)
-    assert spec.finalize.epochs > baseline.epochs
+    # a final run sees more training images than a search trial (train_aug against train_aug_search)
+    final_images = spec.finalize.epochs * split_size(baseline, spec.finalize.train_split)[0]
+    assert final_images > baseline.epochs * split_size(baseline, baseline.train_split)[0]
     assert f"Study `{spec.study.name}`" in spec.to_markdown()
 
 
