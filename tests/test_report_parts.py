@@ -87,6 +87,12 @@ def test_each_top_configuration_is_compared_with_the_baseline_holm_corrected(sum
     assert top1.verdict == "better" and top2.verdict == "inconclusive"
     assert top1.sentence().startswith("`top-1` vs `baseline`: better at 3 seeds, +0.0360 mIoU ss (95% CI over seeds [")
     assert "; these seeds could detect about" in top2.sentence()
+    # two seeds a wide spread apart: no difference within mIoU's range is detectable, and the report says so
+    assert found[2].paired.mdd > 1 and compare.detectable(found[2].paired.mdd) == \
+        f"no difference mIoU can show (the smallest detectable, {found[2].paired.mdd:.2f}, exceeds its range of 1)"
+    assert compare.detectable(0.04123) == "about 0.0412"
+    assert re.search(r"^\| top-3 .*\| > 1 +\| unstable \(1 of 3 seeds diverged\) \|$", tables.comparison_table(found),
+                     re.M)
     record = top1.record()
     assert set(record) >= {"a", "b", "difference", "ci95", "p", "p_holm", "verdict", "p_permutation", "n", "mdd"}
     assert record["p_permutation"] == 0.25 and record["ci95"][0] > 0
@@ -131,7 +137,8 @@ def test_a_variant_is_compared_with_the_best_configuration():
     best = configuration("top-1", ("top",), 0.8)
     variant = Configuration("variant deeplabv3plus", "", ("variant",), None, {}, TrainConfig(model="deeplabv3plus"),
                             None, ("model", "deeplabv3plus"))
-    plus_runs = [dataclasses.replace(run, result=dataclasses.replace(run.result, seconds=seconds, parameters=26_680_000))
+    plus_runs = [dataclasses.replace(run, result=dataclasses.replace(run.result, seconds=seconds,
+                                                                     parameters=26_680_000))
                  for run, seconds in zip(runs(variant, [0.74, 0.77, 0.75]), (69.0, 70.0, 71.0))]
     summaries = summarize([*runs(best, [0.70, 0.71, 0.72]), *plus_runs])
     (found,) = compare.comparisons(summaries)

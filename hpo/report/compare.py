@@ -112,10 +112,17 @@ class Comparison:
                      f"{self.bootstrap.runs} run{'s' if self.bootstrap.runs != 1 else ''} an arm) 95% CI "
                      f"[{low:+.4f}, {high:+.4f}]")
         if self.verdict == "inconclusive" and self.paired.mdd is not None:
-            text += (f"; these seeds could detect about {self.paired.mdd:.4f} (80% power at alpha "
+            text += (f"; these seeds could detect {detectable(self.paired.mdd)} (80% power at alpha "
                      + (f"0.05 / {self.family_size} = {self.paired.mdd_alpha:.3g}, Holm's first step)"
                         if self.family_size > 1 else f"{self.paired.mdd_alpha:g})"))
         return text + "."
+
+
+def detectable(mdd: float) -> str:
+    """The smallest detectable difference in words: 'about 0.0412', or, past mIoU's whole range, that none is."""
+    if mdd >= 1:
+        return f"no difference mIoU can show (the smallest detectable, {mdd:.2f}, exceeds its range of 1)"
+    return f"about {mdd:.4f}"
 
 
 def compare(a: Summary, b: Summary, protocol: str, family: str, family_size: int = 1) -> Comparison:

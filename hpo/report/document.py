@@ -250,7 +250,8 @@ def family_lines(analysis: Analysis) -> list[str]:
         by_name = {s.name: s for s in analysis.summaries}
         lines += ["The best configuration retrained as each `[finalize] variants` model over the same seeds, paired by "
                   "seed with the best DeepLabV3 and Holm-adjusted over the variants:", "",
-                  *(f"- {c.sentence()} It costs {findings.cost_against(by_name[c.a], by_name[c.b])}." for c in variants),
+                  *(f"- {c.sentence()} It costs {findings.cost_against(by_name[c.a], by_name[c.b])}."
+                    for c in variants),
                   ""]
     if gains:
         lines += ["The dense CRF refines the same runs' averaged probabilities (segtrain.crf, DeepLab v2's settings), "

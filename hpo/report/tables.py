@@ -101,7 +101,8 @@ def comparison_table(comparisons: Sequence[Comparison]) -> str:
     rows = [[c.a, c.b, c.protocol, c.paired.n, "-" if c.paired.difference is None else f"{c.paired.difference:+.4f}",
              interval(c.paired.ci95, "+.4f"), interval(c.bootstrap.ci95 if c.bootstrap else None, "+.4f"),
              _p(c.paired.p), _p(c.p_holm), _p(c.paired.p_permutation),
-             "-" if c.paired.mdd is None else f"{c.paired.mdd:.4f}", c.verdict] for c in comparisons]
+             "-" if c.paired.mdd is None else f"{c.paired.mdd:.4f}" if c.paired.mdd < 1 else "> 1",
+             c.verdict] for c in comparisons]
     return markdown_table(headers, rows)
 
 
