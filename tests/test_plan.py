@@ -116,7 +116,8 @@ def test_a_budget_cut_proposes_a_spec_that_parses_and_fits(demo, workdir, capsys
     spec, estimator = demo
     long = workdir / "demo-long.toml"
     text = DEMO.read_text()
-    long.write_text(text.replace("\nepochs = 1.0                   # of train_aug", "\nepochs = 4.0  # of train_aug", 1))
+    long.write_text(text.replace("\nepochs = 1.0                   # of train_aug", "\nepochs = 4.0  # of train_aug",
+                                 1))
     assert load_spec(long).finalize.epochs == 4.0
     estimator = Estimator(load_spec(long).with_output_dir(spec.study.output_dir), estimator.model)
     budget = 0.65 * estimator.plan().total_hours
@@ -128,7 +129,8 @@ def test_a_budget_cut_proposes_a_spec_that_parses_and_fits(demo, workdir, capsys
     replanned = Estimator(cut, estimator.model).plan()
     assert replanned.total_hours <= budget
     # the order: finalize epochs first, down to half the spec's (and twice a trial's); seeds and top_k are at
-    # or below their floors already (3 and 4: the demo's top_k is 2); then trials, as few as needed: one more would not fit
+    # or below their floors already (3 and 4: the demo's top_k is 2); then trials, as few as needed: one more
+    # would not fit
     assert (cut.finalize.epochs, cut.finalize.seeds, cut.finalize.top_k) == (2.0, (1, 2, 3), 2)
     assert 20 <= cut.study.trials < 40
     assert Estimator(cut, estimator.model).plan(trials=cut.study.trials + 1).total_hours > budget
