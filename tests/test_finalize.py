@@ -368,7 +368,7 @@ def test_report_has_the_table_comparisons_factors_importance_and_published_figur
         assert f"over val images (paired bootstrap, 4 images, 2 runs an arm) 95% CI [{low:+.4f}, {high:+.4f}]" \
             in report
     r101 = report.split("## ResNet-101: ImageNet-pretrained vs from scratch")[1].split("\n## ")[0]
-    assert "At this budget (1 epochs pretrained, 1 from scratch) and with these recipes, `r101-imagenet` vs " \
+    assert "At this budget (1 epoch pretrained, 1 from scratch) and with these recipes, `r101-imagenet` vs " \
            f"`r101-scratch`: {comparisons['r101-imagenet', 'r101-scratch']['verdict']} at 2 seeds" in r101
     assert "arXiv:1811.08883" in r101
     assert re.search(r"^\| warmup_epochs +\| 0 +\| 0.5 +\|", r101, re.M)  # the two recipes side by side

@@ -220,6 +220,7 @@ def test_the_splits_sentence_says_whether_selection_biases_the_table(tmp_path):
 
 @pytest.mark.parametrize(("train", "expected"), [
     ("epochs = 2", "schedule `poly` (poly_power = 0.9), 2 epochs"),
+    ("epochs = 1", "schedule `poly` (poly_power = 0.9), 1 epoch"),
     ('epochs = 4\nschedule = "wsd"\nwarmup_epochs = 0.5', "schedule `wsd` (decay_fraction = 0.2, "
                                                          "decay_shape = '1-sqrt', warmup_epochs = 0.5), 4 epochs"),
 ])

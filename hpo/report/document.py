@@ -94,12 +94,17 @@ def search_schedule(spec: StudySpec) -> dict[str, Any]:
             "epochs": config.epochs}
 
 
+def epochs_text(epochs: float) -> str:
+    """'1 epoch', '1.25 epochs'."""
+    return f"{epochs:g} epoch{'' if epochs == 1 else 's'}"
+
+
 def schedule_text(spec: StudySpec) -> str:
     """E.g. 'schedule `poly` (poly_power = 1.0), 4 epochs'."""
     settings = search_schedule(spec)
     schedule, epochs = settings.pop("schedule"), settings.pop("epochs")
     details = ", ".join(f"{key} = {value!r}" for key, value in settings.items())
-    return f"schedule `{schedule}`" + (f" ({details})" if details else "") + f", {epochs:g} epochs"
+    return f"schedule `{schedule}`" + (f" ({details})" if details else "") + f", {epochs_text(epochs)}"
 
 
 def rank_lines(spec: StudySpec, study: optuna.Study, options: FinalizeOptions, analysis: Analysis) -> list[str]:
@@ -185,7 +190,7 @@ def r101_lines(analysis: Analysis) -> list[str]:
         if s is None or not s.ok:
             why = tables.failure_reference(s, analysis.summaries) + " under the final table" if s else "not planned"
             return [f"No ResNet-101 comparison: the {what} run has no result ({why}).", ""]
-    budget = (f"{pretrained.configuration.config.epochs:g} epochs pretrained, "
+    budget = (f"{epochs_text(pretrained.configuration.config.epochs)} pretrained, "
               f"{scratch.configuration.config.epochs:g} from scratch")
     best = find(analysis.summaries, "top")
     searched_on = best.configuration.config.backbone if best is not None else "the study's backbone"
@@ -217,8 +222,8 @@ def ablation_lines(analysis: Analysis, options: FinalizeOptions) -> list[str]:
     found = [c for c in analysis.family(compare.ABLATION) if c.protocol == protocol]
     by_name = {s.name: s for s in analysis.summaries}
     cfg = centre.configuration.config
-    budget = (f"the search's budget ({cfg.epochs:g} epochs of `{cfg.train_split}`, as a trial trains)"
-              if ablation.budget == "search" else f"the full budget ({cfg.epochs:g} epochs of `{cfg.train_split}`)")
+    budget = (f"the search's budget ({epochs_text(cfg.epochs)} of `{cfg.train_split}`, as a trial trains)"
+              if ablation.budget == "search" else f"the full budget ({epochs_text(cfg.epochs)} of `{cfg.train_split}`)")
     lines = [f"One factor at a time around `{centre.name}` ({centre.configuration.description}), each value trained "
              f"at {budget} over the same seeds as the centre, which is trained again there, and scored on "
              f"`{cfg.val_split}`, which nothing selected on. Each difference is paired by seed with the centre and "
@@ -349,7 +354,7 @@ def report_markdown(spec: StudySpec, study: optuna.Study, options: FinalizeOptio
     configurations = len(summaries)
     lines = [
         f"# Final results: study `{spec.study.name}`", "",
-        f"{configurations} configurations retrained on `{options.train_split}` for {options.epochs:g} epochs"
+        f"{configurations} configurations retrained on `{options.train_split}` for {epochs_text(options.epochs)}"
         + (f" ({options.epochs * scratch:g} for the scratch arm)" if scratch != 1 else "")
         + f" with seeds {', '.join(map(str, options.seeds))} after a search of {len(study.trials)} trials, scored "
         f"on `{options.val_split}`; verdicts under `{analysis.primary}`, each at the seeds both arms finished.", "",
