@@ -113,8 +113,8 @@ def test_a_failed_configuration_is_referred_to_by_its_failures_kind_and_note_not
     a, b = configuration("r101-imagenet", ("r101-imagenet",)), configuration("r101-scratch", ("r101-scratch",))
     summaries = summarize([*runs(a, [0.7, None, None], "weights unavailable: offline, and a paragraph on why"),
                            *runs(b, [None, 0.52, None], "out of memory: CUDA out of memory")])
-    assert tables.failure_reference(summaries[0], summaries) == "seeds 1, 2: weights unavailable, note 1"
-    assert tables.failure_reference(summaries[1], summaries) == "seeds 0, 2: out of memory, note 2"
+    assert tables.failure_reference(summaries[0], summaries) == "seeds 1, 2: weights unavailable, note 1 under the final table"
+    assert tables.failure_reference(summaries[1], summaries) == "seeds 0, 2: out of memory, note 2 under the final table"
 
 
 def test_ablation_experiments_are_compared_with_their_centre_only():

@@ -118,9 +118,12 @@ class Comparison:
         return text + "."
 
 
+MIOU_RANGE = 1.0  # no mIoU difference is larger: a detectable difference beyond it means none is detectable
+
+
 def detectable(mdd: float) -> str:
     """The smallest detectable difference in words: 'about 0.0412', or, past mIoU's whole range, that none is."""
-    if mdd >= 1:
+    if mdd >= MIOU_RANGE:
         return f"no difference mIoU can show (the smallest detectable, {mdd:.2f}, exceeds its range of 1)"
     return f"about {mdd:.4f}"
 

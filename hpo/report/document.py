@@ -188,7 +188,7 @@ def r101_lines(analysis: Analysis) -> list[str]:
     pretrained, scratch = find(analysis.summaries, "r101-imagenet"), find(analysis.summaries, "r101-scratch")
     for s, what in ((pretrained, "ImageNet-pretrained"), (scratch, "from-scratch")):
         if s is None or not s.ok:
-            why = tables.failure_reference(s, analysis.summaries) + " under the final table" if s else "not planned"
+            why = tables.failure_reference(s, analysis.summaries) if s else "not planned"
             return [f"No ResNet-101 comparison: the {what} run has no result ({why}).", ""]
     budget = (f"{epochs_text(pretrained.configuration.config.epochs)} pretrained, "
               f"{scratch.configuration.config.epochs:g} from scratch")

@@ -118,7 +118,7 @@ def r101_lines(found: Sequence[Comparison], summaries: Sequence[Summary]) -> lis
     recipes = (f"pretrained: {pretrained.configuration.description}, a recipe the search tuned on ResNet-50; "
                "scratch: that recipe changed by a fixed rule after He et al. 2019, untuned")
     if not found or found[0].paired.difference is None:
-        why = (tables.failure_reference(pretrained, summaries) + " under the final table" if pretrained.failed
+        why = (tables.failure_reference(pretrained, summaries) if pretrained.failed
                else found[0].reason if found else "no seed finished")
         return [f"- **ResNet-101, ImageNet-pretrained vs from scratch** ({link(R101)}): not compared ({why}); "
                 f"{recipes}."]

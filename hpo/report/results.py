@@ -186,11 +186,16 @@ class Summary:
         """"ok", or each failed seed with its reason (the mean is over the finished seeds)."""
         if not self.failed:
             return "ok"
+        return "; ".join(f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}: {reason}"
+                         for reason, seeds in self.failures.items())
+
+    @property
+    def failures(self) -> dict[str, list[int]]:
+        """Each reason a seed failed, with the seeds that failed for it, in seed order."""
         reasons: dict[str, list[int]] = {}
         for run in self.failed:
             reasons.setdefault(run.status, []).append(run.seed)
-        return "; ".join(f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}: {reason}"
-                         for reason, seeds in reasons.items())
+        return reasons
 
     @property
     def diverged(self) -> tuple[int, ...]:

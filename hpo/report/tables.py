@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hpo.markdown import markdown_table
-from hpo.report.compare import Comparison
+from hpo.report.compare import MIOU_RANGE, Comparison
 from hpo.report.factors import Effect, Ranking
 from hpo.report.published import Match, PublishedFigure
 from hpo.report.results import METRICS, FinalRun, Summary, miou_key, miou_title, present_classes
@@ -77,13 +77,12 @@ def failure_notes(summaries: Sequence[Summary]) -> list[str]:
 
 def failure_reference(s: Summary, summaries: Sequence[Summary]) -> str:
     """A configuration's failed seeds, each kind of failure named briefly with its note under the final table
-    (where the reason, often a paragraph, is given once): "seeds 0, 1: weights unavailable, note 1"."""
+    (where the reason, often a paragraph, is given once): "seeds 0, 1: weights unavailable, note 1 under the
+    final table"."""
     notes = failure_notes(summaries)
-    seeds: dict[str, list[int]] = {}
-    for run in s.failed:
-        seeds.setdefault(run.status, []).append(run.seed)
-    return "; ".join(f"seed{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}: "
-                     f"{reason.split(':')[0]}, note {notes.index(reason) + 1}" for reason, numbers in seeds.items())
+    return "; ".join(f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}: "
+                     f"{reason.split(':')[0]}, note {notes.index(reason) + 1}"
+                     for reason, seeds in s.failures.items()) + " under the final table"
 
 
 def seeds_cell(s: Summary, notes: Sequence[str]) -> str:
@@ -101,7 +100,7 @@ def comparison_table(comparisons: Sequence[Comparison]) -> str:
     rows = [[c.a, c.b, c.protocol, c.paired.n, "-" if c.paired.difference is None else f"{c.paired.difference:+.4f}",
              interval(c.paired.ci95, "+.4f"), interval(c.bootstrap.ci95 if c.bootstrap else None, "+.4f"),
              _p(c.paired.p), _p(c.p_holm), _p(c.paired.p_permutation),
-             "-" if c.paired.mdd is None else f"{c.paired.mdd:.4f}" if c.paired.mdd < 1 else "> 1",
+             "-" if c.paired.mdd is None else f"{c.paired.mdd:.4f}" if c.paired.mdd < MIOU_RANGE else "> 1",
              c.verdict] for c in comparisons]
     return markdown_table(headers, rows)
 
